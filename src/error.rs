@@ -1,0 +1,255 @@
+//! The crate's error type.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Everything that can go wrong while obtaining or using a token.
+///
+/// Messages name the failing value and the fix. They never contain a token, a secret or
+/// a raw response body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is missing or invalid.
+    Config {
+        /// The setting, for example `AZURE_TENANT_ID` or `authority host`.
+        setting: String,
+        /// What is wrong with it and how to fix it.
+        reason: String,
+    },
+    /// The token request could not be sent, or its response could not be read.
+    Transport {
+        /// What failed, without secrets.
+        reason: String,
+        /// Whether the request timed out.
+        timed_out: bool,
+    },
+    /// The identity endpoint answered with an error.
+    IdentityEndpoint(EndpointError),
+    /// The identity endpoint answered with a body this crate cannot read.
+    InvalidResponse {
+        /// HTTP status of the response.
+        status: u16,
+        /// What is wrong with the body (the body itself is never included).
+        reason: String,
+    },
+    /// The access token cannot be used for Redis.
+    InvalidToken(TokenError),
+    /// The last token expired and no new one could be obtained yet.
+    TokenExpired {
+        /// When the last token expired.
+        expired_at: SystemTime,
+        /// The most recent failure of the identity endpoint, if any.
+        last_error: Option<Box<Error>>,
+    },
+    /// No token has been acquired yet.
+    NotAcquired {
+        /// The most recent failure of the identity endpoint, if any.
+        last_error: Option<Box<Error>>,
+    },
+    /// No token arrived within the time the caller was willing to wait.
+    Timeout {
+        /// How long the caller waited.
+        waited: Duration,
+        /// The most recent failure of the identity endpoint, if any.
+        last_error: Option<Box<Error>>,
+    },
+    /// The provider was shut down, so no new token will arrive.
+    ShutDown,
+}
+
+impl Error {
+    /// Returns true when retrying the same request later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Transport { .. } | Error::InvalidResponse { .. } => true,
+            Error::IdentityEndpoint(e) => e.transient,
+            Error::TokenExpired { .. } | Error::NotAcquired { .. } | Error::Timeout { .. } => true,
+            Error::Config { .. } | Error::InvalidToken(_) | Error::ShutDown => false,
+        }
+    }
+
+    /// Returns the delay the identity endpoint asked for with `Retry-After`, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::IdentityEndpoint(e) => e.retry_after,
+            _ => None,
+        }
+    }
+
+    pub(crate) fn config(setting: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Config {
+            setting: setting.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Config { setting, reason } => write!(f, "invalid {setting}: {reason}"),
+            Error::Transport { reason, timed_out } => {
+                if *timed_out {
+                    write!(f, "token request timed out: {reason}")
+                } else {
+                    write!(f, "token request failed: {reason}")
+                }
+            }
+            Error::IdentityEndpoint(e) => e.fmt(f),
+            Error::InvalidResponse { status, reason } => {
+                write!(f, "invalid token response (HTTP {status}): {reason}")
+            }
+            Error::InvalidToken(e) => e.fmt(f),
+            Error::TokenExpired {
+                expired_at,
+                last_error,
+            } => {
+                write!(
+                    f,
+                    "token expired at {} (Unix seconds) and the identity endpoint has not \
+                     issued a new one yet; retries continue",
+                    unix_seconds(*expired_at)
+                )?;
+                write_last_error(f, last_error)
+            }
+            Error::NotAcquired { last_error } => {
+                f.write_str("no token has been acquired yet")?;
+                write_last_error(f, last_error)
+            }
+            Error::Timeout { waited, last_error } => {
+                write!(f, "no token after waiting {:.1} s", waited.as_secs_f64())?;
+                write_last_error(f, last_error)
+            }
+            Error::ShutDown => f.write_str("token provider was shut down"),
+        }
+    }
+}
+
+fn write_last_error(f: &mut fmt::Formatter<'_>, last: &Option<Box<Error>>) -> fmt::Result {
+    match last {
+        Some(e) => write!(f, "; last error: {e}"),
+        None => Ok(()),
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl std::error::Error for Error {}
+
+/// An error answer of an identity endpoint, as far as it is safe to keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointError {
+    /// HTTP status.
+    pub status: u16,
+    /// The OAuth `error` code, such as `invalid_client`.
+    pub error: Option<String>,
+    /// The first line of `error_description`, without trace and correlation lines.
+    pub description: Option<String>,
+    /// The AADSTS codes from `error_codes`.
+    pub codes: Vec<u64>,
+    /// The `correlation_id`, which Microsoft support asks for.
+    pub correlation_id: Option<String>,
+    /// The delay from a `Retry-After` header.
+    pub retry_after: Option<Duration>,
+    /// Whether retrying the same request later may succeed.
+    pub transient: bool,
+}
+
+impl fmt::Display for EndpointError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "identity endpoint returned HTTP {}", self.status)?;
+        if let Some(error) = &self.error {
+            write!(f, " {error}")?;
+        }
+        if !self.codes.is_empty() {
+            let codes: Vec<String> = self.codes.iter().map(|c| format!("AADSTS{c}")).collect();
+            write!(f, " ({})", codes.join(", "))?;
+        }
+        if let Some(description) = &self.description {
+            write!(f, ": {description}")?;
+        }
+        if let Some(hint) = self.codes.iter().find_map(|c| hint_for_code(*c)) {
+            write!(f, "; {hint}")?;
+        }
+        if let Some(id) = &self.correlation_id {
+            write!(f, " (correlation id {id})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Returns the fix for the AADSTS codes that users of a service principal meet most.
+fn hint_for_code(code: u64) -> Option<&'static str> {
+    Some(match code {
+        7000215 => {
+            "check AZURE_CLIENT_SECRET: it must be the secret's value, not its secret id"
+        }
+        7000222 => "the client secret has expired: create a new one for the app registration",
+        700016 => "check AZURE_CLIENT_ID and AZURE_TENANT_ID: the app is not in this tenant",
+        90002 => {
+            "check AZURE_TENANT_ID and AZURE_AUTHORITY_HOST: the tenant is not in this cloud"
+        }
+        70011 | 700022 | 700023 | 28002 => {
+            "check the scope: Azure Redis expects https://redis.azure.com/.default"
+        }
+        _ => return None,
+    })
+}
+
+/// Why an access token cannot be used as a Redis password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// The token does not have three dot-separated segments.
+    NotJwt {
+        /// The number of segments found.
+        segments: usize,
+    },
+    /// The payload segment is not valid base64url.
+    InvalidBase64,
+    /// The payload is not a JSON object.
+    InvalidJson,
+    /// A claim has the wrong JSON type.
+    InvalidClaim {
+        /// The claim name.
+        claim: &'static str,
+    },
+    /// The token has no `oid` claim, so the Redis username is unknown.
+    MissingObjectId,
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenError::NotJwt { segments } => write!(
+                f,
+                "access token is not a JWT: expected 3 dot-separated segments, found \
+                 {segments}; configure a Redis username if this token source is not Entra ID"
+            ),
+            TokenError::InvalidBase64 => {
+                f.write_str("access token payload is not valid base64url")
+            }
+            TokenError::InvalidJson => {
+                f.write_str("access token payload is not a JSON object")
+            }
+            TokenError::InvalidClaim { claim } => {
+                write!(f, "access token claim `{claim}` has an unexpected type")
+            }
+            TokenError::MissingObjectId => f.write_str(
+                "access token has no `oid` claim, so the Redis username is unknown; \
+                 configure the username (the identity's object id) explicitly",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for TokenError {}
+
+impl From<TokenError> for Error {
+    fn from(e: TokenError) -> Self {
+        Error::InvalidToken(e)
+    }
+}

@@ -1,0 +1,29 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod credentials;
+mod entra;
+mod error;
+mod http;
+mod manager;
+mod policy;
+mod response;
+mod secret;
+mod source;
+mod token;
+
+pub use credentials::{Credentials, Username};
+pub use entra::{AuthorityHost, ClientSecretCredential, DEFAULT_REQUEST_TIMEOUT, REDIS_SCOPE};
+pub use error::{EndpointError, Error, TokenError};
+pub use http::{HttpRequest, HttpResponse, Method};
+pub use manager::{Action, Event, State, TokenManager};
+pub use policy::RefreshPolicy;
+pub use response::{MAX_LIFETIME, parse_error_response, parse_token_response};
+pub use secret::Secret;
+pub use source::TokenSource;
+pub use token::{Claims, Token};
+
+#[cfg(feature = "blocking")]
+#[path = "../runtimes/blocking/mod.rs"]
+pub mod blocking;
