@@ -1,0 +1,161 @@
+//! The blocking connection against a real `redis-server` and a mock token endpoint.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::jwt::OID;
+use common::redis_server::RedisServer;
+use common::token_endpoint::TokenEndpoint;
+use redis::Commands;
+use redis_entraid::RefreshPolicy;
+use redis_entraid::blocking::{EntraConnection, EntraIdProvider};
+
+/// Tokens live 4 s and are refreshed 2 s before expiry, so a renewal lands every 2 s.
+fn short_token_policy() -> RefreshPolicy {
+    RefreshPolicy::default().with_margin(Duration::from_secs(2))
+}
+
+fn start(lifetime_secs: u64) -> (RedisServer, TokenEndpoint, EntraIdProvider) {
+    let redis = RedisServer::start();
+    let endpoint = TokenEndpoint::start(Duration::from_secs(lifetime_secs), Some(redis.url()));
+    let provider = EntraIdProvider::builder(endpoint.credential())
+        .refresh_policy(short_token_policy())
+        .start();
+    (redis, endpoint, provider)
+}
+
+/// Runs `SET`/`GET` on `connection` until `renewals` more tokens were issued, failing on
+/// any command error or after `limit`.
+fn run_until_renewals(
+    connection: &mut EntraConnection,
+    endpoint: &TokenEndpoint,
+    renewals: usize,
+    limit: Duration,
+) -> u64 {
+    let target = endpoint.issued().len() + renewals;
+    let started = Instant::now();
+    let mut commands = 0;
+    while endpoint.issued().len() < target {
+        assert!(started.elapsed() < limit, "only {} tokens after {limit:?}", endpoint.issued().len());
+        let _: () = connection.set("key", commands).expect("SET failed");
+        let value: u64 = connection.get("key").expect("GET failed");
+        assert_eq!(value, commands);
+        commands += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // One more command, so the connection picks up the last token.
+    let _: () = connection.set("key", commands).expect("SET failed");
+    commands + 1
+}
+
+#[test]
+fn connection_keeps_working_through_renewals() {
+    let (redis, endpoint, provider) = start(4);
+    let mut connection = EntraConnection::open(redis.url(), &provider).unwrap();
+    let commands = run_until_renewals(&mut connection, &endpoint, 3, Duration::from_secs(30));
+    assert!(commands > 0);
+    let tokens = endpoint.issued().len() as u64;
+    assert!(tokens >= 4, "{tokens} tokens");
+    // The handshake and each renewal authenticate exactly once: no AUTH on a timer.
+    assert_eq!(connection.authentications(), tokens);
+    assert_eq!(redis.command_calls("auth"), tokens);
+}
+
+#[test]
+fn pipelines_and_transactions_survive_renewals() {
+    let (redis, endpoint, provider) = start(4);
+    let mut connection = EntraConnection::open(redis.url(), &provider).unwrap();
+    let target = endpoint.issued().len() + 2;
+    let started = Instant::now();
+    let mut round = 0u64;
+    while endpoint.issued().len() < target {
+        assert!(started.elapsed() < Duration::from_secs(30));
+        let (a, b): (u64, u64) = redis::pipe()
+            .set("a", round)
+            .ignore()
+            .set("b", round + 1)
+            .ignore()
+            .get("a")
+            .get("b")
+            .query(&mut connection)
+            .unwrap();
+        assert_eq!((a, b), (round, round + 1));
+        let (count,): (u64,) = redis::pipe()
+            .atomic()
+            .incr("counter", 1)
+            .query(&mut connection)
+            .unwrap();
+        assert_eq!(count, round + 1);
+        round += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn same_token_again_sends_no_auth() {
+    let (redis, endpoint, provider) = start(4);
+    let mut connection = EntraConnection::open(redis.url(), &provider).unwrap();
+    endpoint.repeat_last_token(true);
+    // The refresh falls due after 2 s; the endpoint keeps answering with the same token.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(3500) {
+        let _: () = connection.set("k", 1).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(endpoint.requests() >= 2, "{} requests", endpoint.requests());
+    assert_eq!(redis.command_calls("auth"), 1);
+    endpoint.repeat_last_token(false);
+    run_until_renewals(&mut connection, &endpoint, 1, Duration::from_secs(20));
+    assert_eq!(redis.command_calls("auth"), 2);
+    assert_eq!(connection.authentications(), 2);
+}
+
+#[test]
+fn reconnect_authenticates_with_current_token() {
+    let (redis, endpoint, provider) = start(4);
+    let mut connection = EntraConnection::open(redis.url(), &provider).unwrap();
+    run_until_renewals(&mut connection, &endpoint, 1, Duration::from_secs(20));
+    // Only the newest token is accepted from now on.
+    let newest = endpoint.issued().last().unwrap().token.clone();
+    let mut admin = redis.admin().unwrap();
+    redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(OID)
+        .arg("resetpass")
+        .arg(format!(">{}", newest.expose_secret()))
+        .query::<()>(&mut admin)
+        .unwrap();
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("USER")
+        .arg(OID)
+        .query::<()>(&mut admin)
+        .unwrap();
+    // The first command after the kill may see the closed socket; the next one reconnects.
+    let first: redis::RedisResult<()> = connection.set("k", 1);
+    if let Err(error) = first {
+        assert!(error.is_connection_dropped() || error.is_unrecoverable_error(), "{error}");
+    }
+    let _: () = connection.set("k", 2).expect("reconnect with the current token");
+    let value: u64 = connection.get("k").unwrap();
+    assert_eq!(value, 2);
+}
+
+#[test]
+fn expired_token_is_rejected_by_fixture() {
+    // The fixture must behave like Azure, or the tests above prove nothing.
+    let (redis, endpoint, provider) = start(2);
+    provider.get_credentials().unwrap();
+    drop(provider);
+    let first = endpoint.issued().first().unwrap().clone();
+    let login = |token: &str| {
+        let url = format!("redis://{OID}:{token}@127.0.0.1:{}", redis.port());
+        redis::Client::open(url).unwrap().get_connection().map(|_| ())
+    };
+    login(first.token.expose_secret()).expect("token accepted before expiry");
+    std::thread::sleep(Duration::from_millis(2600));
+    let error = login(first.token.expose_secret()).unwrap_err();
+    // The redis crate reports the server's WRONGPASS as an authentication failure.
+    assert_eq!(error.kind(), redis::ErrorKind::AuthenticationFailed, "{error}");
+}

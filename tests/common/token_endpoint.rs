@@ -1,0 +1,190 @@
+//! A mock Entra token endpoint on loopback that issues short-lived JWTs and, optionally,
+//! lets a `redis-server` accept each token for its `oid` only until it expires.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use httpmock::prelude::*;
+use httpmock::{HttpMockResponse, Mock};
+
+use super::jwt::{OID, TENANT, jwt, token_body};
+use redis_entraid::{ClientSecretCredential, Secret};
+
+/// The client id the mock expects.
+pub const CLIENT_ID: &str = "99999999-8888-7777-6666-555555555555";
+/// The client secret the mock expects.
+pub const CLIENT_SECRET: &str = "mock-client-secret";
+
+/// One token the endpoint issued.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    /// The JWT.
+    pub token: Secret,
+    /// Its expiry, Unix seconds.
+    pub exp: u64,
+}
+
+struct State {
+    issued: Mutex<Vec<Issued>>,
+    serial: AtomicU64,
+    /// When set, every request gets the most recently issued token again.
+    repeat: AtomicBool,
+    redis_url: Option<String>,
+    lifetime: Duration,
+}
+
+/// The mock endpoint; the server stops when this is dropped.
+pub struct TokenEndpoint {
+    pub server: MockServer,
+    state: Arc<State>,
+    stop: Arc<AtomicBool>,
+    reaper: Option<JoinHandle<()>>,
+}
+
+impl TokenEndpoint {
+    /// Starts an endpoint that issues tokens valid for `lifetime`.
+    ///
+    /// With `redis_url`, each issued token becomes a password of the ACL user named after
+    /// `OID`, and is removed again when it expires, as Azure accepts a token only until its
+    /// `exp`.
+    pub fn start(lifetime: Duration, redis_url: Option<String>) -> Self {
+        let state = Arc::new(State {
+            issued: Mutex::new(Vec::new()),
+            serial: AtomicU64::new(0),
+            repeat: AtomicBool::new(false),
+            redis_url,
+            lifetime,
+        });
+        let server = MockServer::start();
+        let responder = Arc::clone(&state);
+        server.mock(|when, then| {
+            when.method(POST).path(token_path());
+            then.respond_with(move |_| issue(&responder));
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let reaper = state.redis_url.as_ref().map(|_| {
+            let state = Arc::clone(&state);
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || reap_expired(&state, &stop))
+        });
+        TokenEndpoint {
+            server,
+            state,
+            stop,
+            reaper,
+        }
+    }
+
+    /// A client-secret credential pointed at this mock.
+    pub fn credential(&self) -> ClientSecretCredential {
+        ClientSecretCredential::new(TENANT, CLIENT_ID, CLIENT_SECRET)
+            .unwrap()
+            .with_authority_host(&self.server.base_url())
+            .unwrap()
+    }
+
+    /// All tokens issued so far, oldest first.
+    pub fn issued(&self) -> Vec<Issued> {
+        self.state.issued.lock().unwrap().clone()
+    }
+
+    /// Makes the endpoint answer with the last issued token again (`true`), as a
+    /// managed-identity cache does, or issue fresh ones (`false`).
+    pub fn repeat_last_token(&self, repeat: bool) {
+        self.state.repeat.store(repeat, Ordering::SeqCst);
+    }
+
+    /// Counts the token requests served.
+    pub fn requests(&self) -> u64 {
+        self.state.serial.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TokenEndpoint {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(reaper) = self.reaper.take() {
+            let _ = reaper.join();
+        }
+    }
+}
+
+/// The token path for the test tenant.
+pub fn token_path() -> String {
+    format!("/{TENANT}/oauth2/v2.0/token")
+}
+
+/// Registers a mock that answers every token request with `status` and `body`.
+pub fn mock_response<'a>(server: &'a MockServer, status: u16, body: &str) -> Mock<'a> {
+    server.mock(|when, then| {
+        when.method(POST).path(token_path());
+        then.status(status).header("content-type", "application/json").body(body);
+    })
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn issue(state: &State) -> HttpMockResponse {
+    let serial = state.serial.fetch_add(1, Ordering::SeqCst) + 1;
+    let mut issued = state.issued.lock().unwrap();
+    let reuse = state.repeat.load(Ordering::SeqCst) && !issued.is_empty();
+    let entry = if reuse {
+        issued.last().unwrap().clone()
+    } else {
+        let exp = unix_now() + state.lifetime.as_secs();
+        let entry = Issued {
+            token: Secret::new(jwt(OID, exp, serial)),
+            exp,
+        };
+        if let Some(url) = &state.redis_url {
+            allow_token(url, entry.token.expose_secret());
+        }
+        issued.push(entry.clone());
+        entry
+    };
+    let expires_in = entry.exp.saturating_sub(unix_now());
+    HttpMockResponse::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .body(token_body(entry.token.expose_secret(), expires_in))
+        .build()
+}
+
+fn acl(url: &str, change: &str) {
+    let mut admin = redis::Client::open(url).unwrap().get_connection().unwrap();
+    redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(OID)
+        .arg("on")
+        .arg(change)
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .query::<()>(&mut admin)
+        .unwrap();
+}
+
+fn allow_token(url: &str, token: &str) {
+    acl(url, &format!(">{token}"));
+}
+
+/// Removes the passwords of expired tokens every 100 ms.
+fn reap_expired(state: &State, stop: &AtomicBool) {
+    let url = state.redis_url.as_deref().unwrap();
+    let mut removed = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let expired: Vec<Issued> = {
+            let issued = state.issued.lock().unwrap();
+            issued.iter().filter(|i| i.exp <= unix_now()).cloned().collect()
+        };
+        for entry in expired.iter().skip(removed) {
+            acl(url, &format!("<{}", entry.token.expose_secret()));
+        }
+        removed = removed.max(expired.len());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
