@@ -46,7 +46,11 @@ pub struct Credentials {
 
 impl Credentials {
     /// Creates credentials from their parts; useful for tests and custom providers.
-    pub fn new(username: impl Into<String>, password: impl Into<Secret>, expires_on: SystemTime) -> Self {
+    pub fn new(
+        username: impl Into<String>,
+        password: impl Into<Secret>,
+        expires_on: SystemTime,
+    ) -> Self {
         Credentials {
             username: username.into(),
             password: password.into(),
@@ -111,7 +115,9 @@ mod tests {
         let token = Token::new(jwt(r#"{"sub":"s"}"#), UNIX_EPOCH);
         let err = Username::ObjectId.credentials_for(&token).unwrap_err();
         assert_eq!(err, Error::InvalidToken(TokenError::MissingObjectId));
-        let fixed = Username::Fixed("app".into()).credentials_for(&token).unwrap();
+        let fixed = Username::Fixed("app".into())
+            .credentials_for(&token)
+            .unwrap();
         assert_eq!(fixed.username(), "app");
     }
 

@@ -45,7 +45,10 @@ impl AuthorityHost {
         if authority.is_empty() || authority.contains('@') || rest.contains(['?', '#']) {
             return Err(Error::config(
                 setting,
-                format!("`{value}` is not a host URL; use for example {}", Self::PUBLIC_CLOUD),
+                format!(
+                    "`{value}` is not a host URL; use for example {}",
+                    Self::PUBLIC_CLOUD
+                ),
             ));
         }
         match scheme {
@@ -97,7 +100,9 @@ fn validate_tenant(tenant_id: &str) -> Result<(), Error> {
     } else {
         Err(Error::config(
             "tenant id",
-            format!("`{tenant_id}` may contain only letters, digits, `.` and `-`; use the directory (tenant) id GUID or a domain"),
+            format!(
+                "`{tenant_id}` may contain only letters, digits, `.` and `-`; use the directory (tenant) id GUID or a domain"
+            ),
         ))
     }
 }
@@ -192,7 +197,11 @@ impl ClientSecretCredential {
 
     /// The token endpoint: `{authority}/{tenant}/oauth2/v2.0/token`.
     pub fn token_url(&self) -> String {
-        format!("{}/{}/oauth2/v2.0/token", self.authority.as_str(), self.tenant_id)
+        format!(
+            "{}/{}/oauth2/v2.0/token",
+            self.authority.as_str(),
+            self.tenant_id
+        )
     }
 }
 
@@ -244,26 +253,47 @@ mod tests {
     #[test]
     fn authority_host_forms() {
         let cases = [
-            ("login.microsoftonline.us", "https://login.microsoftonline.us"),
-            ("https://login.chinacloudapi.cn/", "https://login.chinacloudapi.cn"),
-            (" https://login.microsoftonline.com ", "https://login.microsoftonline.com"),
+            (
+                "login.microsoftonline.us",
+                "https://login.microsoftonline.us",
+            ),
+            (
+                "https://login.chinacloudapi.cn/",
+                "https://login.chinacloudapi.cn",
+            ),
+            (
+                " https://login.microsoftonline.com ",
+                "https://login.microsoftonline.com",
+            ),
             ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
             ("http://localhost:1", "http://localhost:1"),
             ("http://[::1]:9", "http://[::1]:9"),
         ];
         for (input, expected) in cases {
-            assert_eq!(AuthorityHost::parse(input).unwrap().as_str(), expected, "{input}");
+            assert_eq!(
+                AuthorityHost::parse(input).unwrap().as_str(),
+                expected,
+                "{input}"
+            );
         }
     }
 
     #[test]
     fn authority_host_rejects_plain_http_and_junk() {
-        for input in ["http://login.microsoftonline.com", "ftp://x", "https://", "https://u:p@host", "https://h/?q"] {
+        for input in [
+            "http://login.microsoftonline.com",
+            "ftp://x",
+            "https://",
+            "https://u:p@host",
+            "https://h/?q",
+        ] {
             let err = AuthorityHost::parse(input).unwrap_err();
             assert!(matches!(err, Error::Config { .. }), "{input}: {err}");
         }
         assert_eq!(
-            AuthorityHost::parse("http://example.com").unwrap_err().to_string(),
+            AuthorityHost::parse("http://example.com")
+                .unwrap_err()
+                .to_string(),
             "invalid authority host: `http://example.com` must use https (http is allowed only \
              for loopback hosts)"
         );
@@ -274,7 +304,10 @@ mod tests {
         let credential = ClientSecretCredential::new("tenant-1", "client-1", "s3cr&t=").unwrap();
         let request = credential.token_request(SystemTime::UNIX_EPOCH).unwrap();
         assert_eq!(request.method, Method::Post);
-        assert_eq!(request.url, "https://login.microsoftonline.com/tenant-1/oauth2/v2.0/token");
+        assert_eq!(
+            request.url,
+            "https://login.microsoftonline.com/tenant-1/oauth2/v2.0/token"
+        );
         assert_eq!(
             request.body.expose_secret(),
             "client_id=client-1&client_secret=s3cr%26t%3D&scope=https%3A%2F%2Fredis.azure.com%2F.default&grant_type=client_credentials"
@@ -285,10 +318,18 @@ mod tests {
 
     #[test]
     fn from_env_names_missing_variable() {
-        let env: HashMap<&str, &str> =
-            [("AZURE_TENANT_ID", "t"), ("AZURE_CLIENT_ID", "c"), ("AZURE_CLIENT_SECRET", "")].into();
-        let err = ClientSecretCredential::from_env(|n| env.get(n).map(|v| v.to_string())).unwrap_err();
-        assert_eq!(err.to_string(), "invalid AZURE_CLIENT_SECRET: the environment variable is not set");
+        let env: HashMap<&str, &str> = [
+            ("AZURE_TENANT_ID", "t"),
+            ("AZURE_CLIENT_ID", "c"),
+            ("AZURE_CLIENT_SECRET", ""),
+        ]
+        .into();
+        let err =
+            ClientSecretCredential::from_env(|n| env.get(n).map(|v| v.to_string())).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid AZURE_CLIENT_SECRET: the environment variable is not set"
+        );
     }
 
     #[test]
@@ -300,8 +341,12 @@ mod tests {
             ("AZURE_AUTHORITY_HOST", "login.microsoftonline.us"),
         ]
         .into();
-        let credential = ClientSecretCredential::from_env(|n| env.get(n).map(|v| v.to_string())).unwrap();
-        assert_eq!(credential.token_url(), "https://login.microsoftonline.us/t/oauth2/v2.0/token");
+        let credential =
+            ClientSecretCredential::from_env(|n| env.get(n).map(|v| v.to_string())).unwrap();
+        assert_eq!(
+            credential.token_url(),
+            "https://login.microsoftonline.us/t/oauth2/v2.0/token"
+        );
         let bad: HashMap<&str, &str> = [
             ("AZURE_TENANT_ID", "t"),
             ("AZURE_CLIENT_ID", "c"),
@@ -309,14 +354,22 @@ mod tests {
             ("AZURE_AUTHORITY_HOST", "http://login.microsoftonline.us"),
         ]
         .into();
-        let err = ClientSecretCredential::from_env(|n| bad.get(n).map(|v| v.to_string())).unwrap_err();
-        assert!(err.to_string().starts_with("invalid AZURE_AUTHORITY_HOST:"), "{err}");
+        let err =
+            ClientSecretCredential::from_env(|n| bad.get(n).map(|v| v.to_string())).unwrap_err();
+        assert!(
+            err.to_string().starts_with("invalid AZURE_AUTHORITY_HOST:"),
+            "{err}"
+        );
     }
 
     #[test]
     fn tenant_and_client_id_are_validated() {
         let err = ClientSecretCredential::new("bad/tenant", "c", "s").unwrap_err();
-        assert!(err.to_string().starts_with("invalid tenant id: `bad/tenant`"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("invalid tenant id: `bad/tenant`"),
+            "{err}"
+        );
         let err = ClientSecretCredential::new("t", "", "s").unwrap_err();
         assert!(err.to_string().starts_with("invalid client id"), "{err}");
     }

@@ -184,14 +184,10 @@ impl fmt::Display for EndpointError {
 /// Returns the fix for the AADSTS codes that users of a service principal meet most.
 fn hint_for_code(code: u64) -> Option<&'static str> {
     Some(match code {
-        7000215 => {
-            "check AZURE_CLIENT_SECRET: it must be the secret's value, not its secret id"
-        }
+        7000215 => "check AZURE_CLIENT_SECRET: it must be the secret's value, not its secret id",
         7000222 => "the client secret has expired: create a new one for the app registration",
         700016 => "check AZURE_CLIENT_ID and AZURE_TENANT_ID: the app is not in this tenant",
-        90002 => {
-            "check AZURE_TENANT_ID and AZURE_AUTHORITY_HOST: the tenant is not in this cloud"
-        }
+        90002 => "check AZURE_TENANT_ID and AZURE_AUTHORITY_HOST: the tenant is not in this cloud",
         70011 | 700022 | 700023 | 28002 => {
             "check the scope: Azure Redis expects https://redis.azure.com/.default"
         }
@@ -229,12 +225,8 @@ impl fmt::Display for TokenError {
                 "access token is not a JWT: expected 3 dot-separated segments, found \
                  {segments}; configure a Redis username if this token source is not Entra ID"
             ),
-            TokenError::InvalidBase64 => {
-                f.write_str("access token payload is not valid base64url")
-            }
-            TokenError::InvalidJson => {
-                f.write_str("access token payload is not a JSON object")
-            }
+            TokenError::InvalidBase64 => f.write_str("access token payload is not valid base64url"),
+            TokenError::InvalidJson => f.write_str("access token payload is not a JSON object"),
             TokenError::InvalidClaim { claim } => {
                 write!(f, "access token claim `{claim}` has an unexpected type")
             }

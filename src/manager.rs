@@ -172,7 +172,12 @@ impl TokenManager {
                 self.last_error = Some(error.clone());
                 self.events.push_back(Event::Failed(error));
             }
-            Err(error) => self.schedule_retry(now, Some(error)),
+            Err(error) => {
+                // A transient error on a forced attempt after a permanent failure ends the
+                // Failed state, so the retry that schedule_retry announces really happens.
+                self.fatal = None;
+                self.schedule_retry(now, Some(error));
+            }
         }
     }
 
@@ -182,8 +187,7 @@ impl TokenManager {
         if token.expires_on() <= now {
             return Err(Error::InvalidResponse {
                 status: 200,
-                reason: "the token had already expired when it arrived; check the clock"
-                    .to_owned(),
+                reason: "the token had already expired when it arrived; check the clock".to_owned(),
             });
         }
         let credentials = self.username.credentials_for(token)?;
@@ -236,9 +240,15 @@ impl TokenManager {
             .as_ref()
             .is_some_and(|c| !c.credentials.is_expired(now));
         if token_valid {
-            warn!("token refresh failed, retrying in {:.1} s: {error}", delay.as_secs_f64());
+            warn!(
+                "token refresh failed, retrying in {:.1} s: {error}",
+                delay.as_secs_f64()
+            );
         } else {
-            debug!("token request failed, retrying in {:.1} s: {error}", delay.as_secs_f64());
+            debug!(
+                "token request failed, retrying in {:.1} s: {error}",
+                delay.as_secs_f64()
+            );
         }
         self.last_error = Some(error.clone());
         self.events.push_back(Event::RefreshFailed {

@@ -36,7 +36,10 @@ impl RefreshPolicy {
     ///
     /// Panics unless `0 < ratio <= 1`.
     pub fn with_ratio(mut self, ratio: f64) -> Self {
-        assert!(ratio > 0.0 && ratio <= 1.0, "refresh ratio must be in (0, 1], got {ratio}");
+        assert!(
+            ratio > 0.0 && ratio <= 1.0,
+            "refresh ratio must be in (0, 1], got {ratio}"
+        );
         self.ratio = ratio;
         self
     }
@@ -127,11 +130,11 @@ mod tests {
         let policy = RefreshPolicy::default();
         // (lifetime, seconds after acquisition when the refresh happens)
         let cases = [
-            (0, 0),          // already expired: nothing to wait for
-            (1, 1),          // the one-second minimum delay wins
-            (240, 60),       // 4 min: the 3-minute margin wins over 0.7 × 240 = 168
-            (3600, 2520),    // 1 h: 0.7 × lifetime wins over 3420
-            (86400, 60480),  // 24 h: 0.7 × lifetime
+            (0, 0),         // already expired: nothing to wait for
+            (1, 1),         // the one-second minimum delay wins
+            (240, 60),      // 4 min: the 3-minute margin wins over 0.7 × 240 = 168
+            (3600, 2520),   // 1 h: 0.7 × lifetime wins over 3420
+            (86400, 60480), // 24 h: 0.7 × lifetime
         ];
         for (lifetime, expected) in cases {
             let refresh = policy.refresh_at(at(T0), at(T0 + lifetime), None);
@@ -154,16 +157,27 @@ mod tests {
     fn refresh_on_only_moves_refresh_earlier() {
         let policy = RefreshPolicy::default();
         let expires = at(T0 + 86400);
-        assert_eq!(policy.refresh_at(at(T0), expires, Some(at(T0 + 43200))), at(T0 + 43200));
-        assert_eq!(policy.refresh_at(at(T0), expires, Some(at(T0 + 80000))), at(T0 + 60480));
+        assert_eq!(
+            policy.refresh_at(at(T0), expires, Some(at(T0 + 43200))),
+            at(T0 + 43200)
+        );
+        assert_eq!(
+            policy.refresh_at(at(T0), expires, Some(at(T0 + 80000))),
+            at(T0 + 60480)
+        );
         // A suggestion inside the minimum delay is pushed out to it (a tenth of 24 h).
-        assert_eq!(policy.refresh_at(at(T0), expires, Some(at(T0))), at(T0 + 8640));
+        assert_eq!(
+            policy.refresh_at(at(T0), expires, Some(at(T0))),
+            at(T0 + 8640)
+        );
     }
 
     #[test]
     fn retry_delay_doubles_to_the_cap() {
         let policy = RefreshPolicy::default();
-        let delays: Vec<u64> = (1..=9).map(|n| policy.retry_delay(n, None, 1.0).as_secs()).collect();
+        let delays: Vec<u64> = (1..=9)
+            .map(|n| policy.retry_delay(n, None, 1.0).as_secs())
+            .collect();
         assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
         assert_eq!(policy.retry_delay(3, None, 0.0), Duration::from_secs(2));
         assert_eq!(policy.retry_delay(1000, None, 1.0), Duration::from_secs(60));

@@ -35,8 +35,8 @@ pub fn parse_token_response(response: &HttpResponse, now: SystemTime) -> Result<
         status: response.status,
         reason: reason.to_owned(),
     };
-    let json: Value = serde_json::from_slice(&response.body)
-        .map_err(|_| invalid("body is not JSON"))?;
+    let json: Value =
+        serde_json::from_slice(&response.body).map_err(|_| invalid("body is not JSON"))?;
     let Value::Object(body) = json else {
         return Err(invalid("body is not a JSON object"));
     };
@@ -52,7 +52,9 @@ pub fn parse_token_response(response: &HttpResponse, now: SystemTime) -> Result<
     let from_body = match (expires_on, expires_in) {
         (Some(on), _) if on >= SMALLEST_EPOCH => Some(UNIX_EPOCH + Duration::from_secs(on)),
         (Some(on), _) => Some(now + Duration::from_secs(on)),
-        (None, Some(lifetime)) => Some(now + Duration::from_secs(lifetime.min(MAX_LIFETIME.as_secs()))),
+        (None, Some(lifetime)) => {
+            Some(now + Duration::from_secs(lifetime.min(MAX_LIFETIME.as_secs())))
+        }
         (None, None) => None,
     };
     let token = Token::new(access_token, now);
@@ -69,7 +71,8 @@ pub fn parse_token_response(response: &HttpResponse, now: SystemTime) -> Result<
     let expiry = expiry.min(now + MAX_LIFETIME);
     let mut token = Token::new(token.access_token().clone(), expiry);
     if let Some(refresh_in) = refresh_in {
-        token = token.with_refresh_on(now + Duration::from_secs(refresh_in.min(MAX_LIFETIME.as_secs())));
+        token = token
+            .with_refresh_on(now + Duration::from_secs(refresh_in.min(MAX_LIFETIME.as_secs())));
     }
     Ok(token)
 }
@@ -172,7 +175,10 @@ mod tests {
 
     #[test]
     fn expires_on_epoch_wins_over_expires_in() {
-        let body = format!(r#"{{"access_token":"t","expires_in":3599,"expires_on":"{}"}}"#, T0 + 100);
+        let body = format!(
+            r#"{{"access_token":"t","expires_in":3599,"expires_on":"{}"}}"#,
+            T0 + 100
+        );
         let token = parse_token_response(&response(200, &body), at(T0)).unwrap();
         assert_eq!(token.expires_on(), at(T0 + 100));
     }
@@ -204,9 +210,18 @@ mod tests {
             ("not json", "body is not JSON"),
             ("[]", "body is not a JSON object"),
             (r#"{"expires_in":5}"#, "`access_token` is missing"),
-            (r#"{"access_token":7,"expires_in":5}"#, "`access_token` is not a non-empty string"),
-            (r#"{"access_token":"t","expires_in":"soon"}"#, "`expires_in` is not a number of seconds"),
-            (r#"{"access_token":"t","expires_in":-5}"#, "`expires_in` is not a number of seconds"),
+            (
+                r#"{"access_token":7,"expires_in":5}"#,
+                "`access_token` is not a non-empty string",
+            ),
+            (
+                r#"{"access_token":"t","expires_in":"soon"}"#,
+                "`expires_in` is not a number of seconds",
+            ),
+            (
+                r#"{"access_token":"t","expires_in":-5}"#,
+                "`expires_in` is not a number of seconds",
+            ),
             (
                 r#"{"access_token":"t"}"#,
                 "`expires_in` and `expires_on` are missing and the token has no `exp` claim",
@@ -216,7 +231,10 @@ mod tests {
             let err = parse_token_response(&response(200, body), at(T0)).unwrap_err();
             assert_eq!(
                 err,
-                Error::InvalidResponse { status: 200, reason: reason.to_owned() },
+                Error::InvalidResponse {
+                    status: 200,
+                    reason: reason.to_owned()
+                },
                 "{body}"
             );
         }
@@ -238,10 +256,16 @@ mod tests {
     #[test]
     fn transient_statuses_and_codes() {
         for status in [408, 429, 500, 502, 503, 504] {
-            assert!(parse_error_response(&response(status, "")).is_transient(), "{status}");
+            assert!(
+                parse_error_response(&response(status, "")).is_transient(),
+                "{status}"
+            );
         }
         for status in [400, 401, 403, 404] {
-            assert!(!parse_error_response(&response(status, "{}")).is_transient(), "{status}");
+            assert!(
+                !parse_error_response(&response(status, "{}")).is_transient(),
+                "{status}"
+            );
         }
         let unavailable = r#"{"error":"temporarily_unavailable"}"#;
         assert!(parse_error_response(&response(400, unavailable)).is_transient());

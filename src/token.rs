@@ -76,7 +76,10 @@ impl Claims {
     }
 }
 
-fn string_claim(map: &Map<String, Value>, claim: &'static str) -> Result<Option<String>, TokenError> {
+fn string_claim(
+    map: &Map<String, Value>,
+    claim: &'static str,
+) -> Result<Option<String>, TokenError> {
     match map.get(claim) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -180,7 +183,10 @@ mod tests {
     use super::*;
 
     fn encode(payload: &str) -> String {
-        format!("eyJhbGciOiJSUzI1NiJ9.{}.c2ln", URL_SAFE_NO_PAD.encode(payload))
+        format!(
+            "eyJhbGciOiJSUzI1NiJ9.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(payload)
+        )
     }
 
     #[test]
@@ -188,8 +194,14 @@ mod tests {
         // A field case token whose payload encodes to base64url containing `_`.
         let jwt = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJhdWQiOiJodHRwczovL3JlZGlzLmF6dXJlLmNvbSIsImV4cCI6MTc2NzMxMjAwMCwibmFtZSI6Ij8_fj4iLCJvaWQiOiIxMTExMTExMS0yMjIyLTMzMzMtNDQ0NC01NTU1NTU1NTU1NTUiLCJ0aWQiOiIwMDAwMDAwMC0wMDAwLTAwMDAtMDAwMC0wMDAwMDAwMDAwYWEifQ.c2ln";
         let claims = Claims::from_jwt(jwt).unwrap();
-        assert_eq!(claims.oid.as_deref(), Some("11111111-2222-3333-4444-555555555555"));
-        assert_eq!(claims.tid.as_deref(), Some("00000000-0000-0000-0000-0000000000aa"));
+        assert_eq!(
+            claims.oid.as_deref(),
+            Some("11111111-2222-3333-4444-555555555555")
+        );
+        assert_eq!(
+            claims.tid.as_deref(),
+            Some("00000000-0000-0000-0000-0000000000aa")
+        );
         assert_eq!(claims.aud, vec!["https://redis.azure.com".to_owned()]);
         assert_eq!(claims.exp, Some(1767312000));
     }
@@ -222,10 +234,19 @@ mod tests {
 
     #[test]
     fn claims_parse_errors_are_typed() {
-        assert_eq!(Claims::from_jwt("not-a-jwt"), Err(TokenError::NotJwt { segments: 1 }));
-        assert_eq!(Claims::from_jwt("a.b.c.d"), Err(TokenError::NotJwt { segments: 4 }));
+        assert_eq!(
+            Claims::from_jwt("not-a-jwt"),
+            Err(TokenError::NotJwt { segments: 1 })
+        );
+        assert_eq!(
+            Claims::from_jwt("a.b.c.d"),
+            Err(TokenError::NotJwt { segments: 4 })
+        );
         assert_eq!(Claims::from_jwt("a.!!!.c"), Err(TokenError::InvalidBase64));
-        assert_eq!(Claims::from_jwt(&encode("[1,2]")), Err(TokenError::InvalidJson));
+        assert_eq!(
+            Claims::from_jwt(&encode("[1,2]")),
+            Err(TokenError::InvalidJson)
+        );
         assert_eq!(Claims::from_jwt(&encode("{")), Err(TokenError::InvalidJson));
         assert_eq!(
             Claims::from_jwt(&encode(r#"{"oid":5}"#)),

@@ -37,7 +37,11 @@ fn run_until_renewals(
     let started = Instant::now();
     let mut commands = 0;
     while endpoint.issued().len() < target {
-        assert!(started.elapsed() < limit, "only {} tokens after {limit:?}", endpoint.issued().len());
+        assert!(
+            started.elapsed() < limit,
+            "only {} tokens after {limit:?}",
+            endpoint.issued().len()
+        );
         let _: () = connection.set("key", commands).expect("SET failed");
         let value: u64 = connection.get("key").expect("GET failed");
         assert_eq!(value, commands);
@@ -135,9 +139,14 @@ fn reconnect_authenticates_with_current_token() {
     // The first command after the kill may see the closed socket; the next one reconnects.
     let first: redis::RedisResult<()> = connection.set("k", 1);
     if let Err(error) = first {
-        assert!(error.is_connection_dropped() || error.is_unrecoverable_error(), "{error}");
+        assert!(
+            error.is_connection_dropped() || error.is_unrecoverable_error(),
+            "{error}"
+        );
     }
-    let _: () = connection.set("k", 2).expect("reconnect with the current token");
+    let _: () = connection
+        .set("k", 2)
+        .expect("reconnect with the current token");
     let value: u64 = connection.get("k").unwrap();
     assert_eq!(value, 2);
 }
@@ -151,11 +160,18 @@ fn expired_token_is_rejected_by_fixture() {
     let first = endpoint.issued().first().unwrap().clone();
     let login = |token: &str| {
         let url = format!("redis://{OID}:{token}@127.0.0.1:{}", redis.port());
-        redis::Client::open(url).unwrap().get_connection().map(|_| ())
+        redis::Client::open(url)
+            .unwrap()
+            .get_connection()
+            .map(|_| ())
     };
     login(first.token.expose_secret()).expect("token accepted before expiry");
     std::thread::sleep(Duration::from_millis(2600));
     let error = login(first.token.expose_secret()).unwrap_err();
     // The redis crate reports the server's WRONGPASS as an authentication failure.
-    assert_eq!(error.kind(), redis::ErrorKind::AuthenticationFailed, "{error}");
+    assert_eq!(
+        error.kind(),
+        redis::ErrorKind::AuthenticationFailed,
+        "{error}"
+    );
 }

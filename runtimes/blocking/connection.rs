@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use log::debug;
-use redis::{ConnectionInfo, ConnectionLike, ErrorKind, IntoConnectionInfo, RedisError, RedisResult, Value};
+use redis::{
+    ConnectionInfo, ConnectionLike, ErrorKind, IntoConnectionInfo, RedisError, RedisResult, Value,
+};
 
 use super::provider::EntraIdProvider;
 use crate::{Credentials, Error};
@@ -194,7 +196,12 @@ impl ConnectionLike for EntraConnection {
         self.after_command(result)
     }
 
-    fn req_packed_commands(&mut self, cmd: &[u8], offset: usize, count: usize) -> RedisResult<Vec<Value>> {
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> RedisResult<Vec<Value>> {
         let result = self
             .prepare()
             .and_then(|c| c.req_packed_commands(cmd, offset, count));
@@ -221,7 +228,10 @@ mod tests {
     #[test]
     fn command_name_reads_first_bulk_string() {
         assert_eq!(command_name(b"*1\r\n$5\r\nMULTI\r\n"), Some(&b"MULTI"[..]));
-        assert_eq!(command_name(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"), Some(&b"GET"[..]));
+        assert_eq!(
+            command_name(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"),
+            Some(&b"GET"[..])
+        );
         assert_eq!(command_name(b"PING\r\n"), None);
         assert_eq!(command_name(b"*1\r\n$9\r\nEX"), None);
     }

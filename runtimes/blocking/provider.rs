@@ -11,7 +11,9 @@ use std::time::{Duration, Instant, SystemTime};
 use log::debug;
 
 use super::http;
-use crate::{Action, Credentials, Error, Event, RefreshPolicy, TokenManager, TokenSource, Username};
+use crate::{
+    Action, Credentials, Error, Event, RefreshPolicy, TokenManager, TokenSource, Username,
+};
 
 /// How long [`EntraIdProvider::get_credentials`] waits for the first token by default.
 pub const DEFAULT_FIRST_TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -108,7 +110,9 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves the manager consistent, because every
         // manager method completes its update before returning.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -250,7 +254,11 @@ impl Subscription {
     }
 }
 
-fn wait<'a>(condvar: &Condvar, guard: MutexGuard<'a, Inner>, timeout: Duration) -> MutexGuard<'a, Inner> {
+fn wait<'a>(
+    condvar: &Condvar,
+    guard: MutexGuard<'a, Inner>,
+    timeout: Duration,
+) -> MutexGuard<'a, Inner> {
     match condvar.wait_timeout(guard, timeout) {
         Ok((guard, _)) => guard,
         Err(poisoned) => poisoned.into_inner().0,

@@ -45,7 +45,11 @@ impl RedisServer {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "redis-server on port {} did not start", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not start",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -68,7 +72,10 @@ impl RedisServer {
     /// Reads how often the server has executed `command` (from `INFO commandstats`).
     pub fn command_calls(&self, command: &str) -> u64 {
         let mut admin = self.admin().expect("admin connection");
-        let info: String = redis::cmd("INFO").arg("commandstats").query(&mut admin).unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut admin)
+            .unwrap();
         let prefix = format!("cmdstat_{command}:calls=");
         info.lines()
             .find_map(|line| line.strip_prefix(&prefix))

@@ -120,12 +120,17 @@ pub fn token_path() -> String {
 pub fn mock_response<'a>(server: &'a MockServer, status: u16, body: &str) -> Mock<'a> {
     server.mock(|when, then| {
         when.method(POST).path(token_path());
-        then.status(status).header("content-type", "application/json").body(body);
+        then.status(status)
+            .header("content-type", "application/json")
+            .body(body);
     })
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn issue(state: &State) -> HttpMockResponse {
@@ -179,7 +184,11 @@ fn reap_expired(state: &State, stop: &AtomicBool) {
     while !stop.load(Ordering::SeqCst) {
         let expired: Vec<Issued> = {
             let issued = state.issued.lock().unwrap();
-            issued.iter().filter(|i| i.exp <= unix_now()).cloned().collect()
+            issued
+                .iter()
+                .filter(|i| i.exp <= unix_now())
+                .cloned()
+                .collect()
         };
         for entry in expired.iter().skip(removed) {
             acl(url, &format!("<{}", entry.token.expose_secret()));
