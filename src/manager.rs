@@ -127,12 +127,13 @@ impl TokenManager {
             return Action::Idle;
         }
         let expiry = self.current.as_ref().map(|c| c.credentials.expires_on());
-        if let Some(expires_on) = expiry {
-            if now >= expires_on && !self.expiry_reported {
-                self.expiry_reported = true;
-                warn!("token expired before a new one arrived; retries continue");
-                self.events.push_back(Event::Expired);
-            }
+        if let Some(expires_on) = expiry
+            && now >= expires_on
+            && !self.expiry_reported
+        {
+            self.expiry_reported = true;
+            warn!("token expired before a new one arrived; retries continue");
+            self.events.push_back(Event::Expired);
         }
         let due = self.next_request_at(now);
         if due <= now {
@@ -191,11 +192,11 @@ impl TokenManager {
             });
         }
         let credentials = self.username.credentials_for(token)?;
-        if let Some(current) = &self.current {
-            if token.expires_on() <= current.credentials.expires_on() {
-                debug!("token does not expire later than the current one; keeping the current one");
-                return Ok(None);
-            }
+        if let Some(current) = &self.current
+            && token.expires_on() <= current.credentials.expires_on()
+        {
+            debug!("token does not expire later than the current one; keeping the current one");
+            return Ok(None);
         }
         let refresh_at = self
             .policy

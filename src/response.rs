@@ -131,12 +131,11 @@ pub fn parse_error_response(response: &HttpResponse) -> Error {
 fn first_line(description: &str) -> Option<String> {
     let mut line = description.lines().next()?.trim();
     // The AADSTS code is reported from `error_codes`, so drop its repetition here.
-    if let Some(rest) = line.strip_prefix("AADSTS") {
-        if let Some((code, text)) = rest.split_once(':') {
-            if code.chars().all(|c| c.is_ascii_digit()) {
-                line = text.trim();
-            }
-        }
+    if let Some(rest) = line.strip_prefix("AADSTS")
+        && let Some((code, text)) = rest.split_once(':')
+        && code.chars().all(|c| c.is_ascii_digit())
+    {
+        line = text.trim();
     }
     if line.is_empty() {
         return None;

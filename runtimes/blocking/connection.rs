@@ -146,12 +146,12 @@ impl EntraConnection {
     }
 
     fn after_command<T>(&mut self, result: RedisResult<T>) -> RedisResult<T> {
-        if let Err(error) = &result {
-            if error.is_unrecoverable_error() || error.is_connection_dropped() {
-                // Replaced, with the current credentials, before the next command.
-                self.connection = None;
-                self.in_transaction = false;
-            }
+        if let Err(error) = &result
+            && (error.is_unrecoverable_error() || error.is_connection_dropped())
+        {
+            // Replaced, with the current credentials, before the next command.
+            self.connection = None;
+            self.in_transaction = false;
         }
         result
     }

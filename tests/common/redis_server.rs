@@ -40,10 +40,10 @@ impl RedisServer {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(mut connection) = self.admin() {
-                if redis::cmd("PING").query::<String>(&mut connection).is_ok() {
-                    return;
-                }
+            if let Ok(mut connection) = self.admin()
+                && redis::cmd("PING").query::<String>(&mut connection).is_ok()
+            {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
