@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::http::{HttpRequest, HttpResponse, Method};
 use crate::response::parse_token_response;
 use crate::secret::Secret;
-use crate::source::TokenSource;
+use crate::source::HttpTokenSource;
 use crate::token::Token;
 
 /// The scope that Azure Cache for Redis and Azure Managed Redis accept, in every cloud.
@@ -216,7 +216,7 @@ impl fmt::Debug for ClientSecretCredential {
     }
 }
 
-impl TokenSource for ClientSecretCredential {
+impl HttpTokenSource for ClientSecretCredential {
     fn name(&self) -> &str {
         "client secret"
     }

@@ -24,6 +24,15 @@ pub enum Error {
         /// Whether the request timed out.
         timed_out: bool,
     },
+    /// A local operation of a token exchange failed: reading a file or running a program.
+    Io {
+        /// The operation, such as `read /var/run/secrets/token`.
+        operation: String,
+        /// The kind of failure, such as `NotFound`.
+        kind: std::io::ErrorKind,
+        /// The operating system's message.
+        reason: String,
+    },
     /// The identity endpoint answered with an error.
     IdentityEndpoint(EndpointError),
     /// The identity endpoint answered with a body this crate cannot read.
@@ -62,7 +71,7 @@ impl Error {
     /// Returns true when retrying the same request later may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Transport { .. } | Error::InvalidResponse { .. } => true,
+            Error::Transport { .. } | Error::InvalidResponse { .. } | Error::Io { .. } => true,
             Error::IdentityEndpoint(e) => e.transient,
             Error::TokenExpired { .. } | Error::NotAcquired { .. } | Error::Timeout { .. } => true,
             Error::Config { .. } | Error::InvalidToken(_) | Error::ShutDown => false,
@@ -96,6 +105,9 @@ impl fmt::Display for Error {
                     write!(f, "token request failed: {reason}")
                 }
             }
+            Error::Io {
+                operation, reason, ..
+            } => write!(f, "cannot {operation}: {reason}"),
             Error::IdentityEndpoint(e) => e.fmt(f),
             Error::InvalidResponse { status, reason } => {
                 write!(f, "invalid token response (HTTP {status}): {reason}")

@@ -21,7 +21,10 @@ pub use manager::{Action, Event, State, TokenManager};
 pub use policy::RefreshPolicy;
 pub use response::{MAX_LIFETIME, parse_error_response, parse_token_response};
 pub use secret::Secret;
-pub use source::TokenSource;
+pub use source::{
+    Exchange, HttpTokenSource, Next, ProgramOutput, ProgramRequest, StaticToken, Step, StepOutput,
+    TokenSource, unexpected_output,
+};
 pub use token::{Claims, Token};
 
 #[cfg(feature = "blocking")]

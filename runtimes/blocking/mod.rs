@@ -6,6 +6,7 @@
 mod connection;
 mod http;
 mod provider;
+mod steps;
 
 pub use connection::EntraConnection;
 pub use provider::{DEFAULT_FIRST_TOKEN_TIMEOUT, EntraIdProvider, ProviderBuilder, Subscription};

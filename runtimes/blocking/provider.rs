@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use log::debug;
 
-use super::http;
+use super::{http, steps};
 use crate::{
     Action, Credentials, Error, Event, RefreshPolicy, TokenManager, TokenSource, Username,
 };
@@ -277,7 +277,7 @@ fn run(shared: &Shared, source: &dyn TokenSource) {
         match action {
             Action::RequestToken => {
                 drop(inner);
-                let outcome = request_token(&agent, source);
+                let outcome = steps::run_exchange(&agent, source);
                 inner = shared.lock();
                 inner.manager.handle_response(SystemTime::now(), outcome);
                 publish_events(shared, &mut inner);
@@ -294,12 +294,6 @@ fn run(shared: &Shared, source: &dyn TokenSource) {
             }
         }
     }
-}
-
-fn request_token(agent: &ureq::Agent, source: &dyn TokenSource) -> Result<crate::Token, Error> {
-    let request = source.token_request(SystemTime::now())?;
-    let response = http::send(agent, &request)?;
-    source.parse_response(&response, SystemTime::now())
 }
 
 fn publish_events(shared: &Shared, inner: &mut Inner) {
