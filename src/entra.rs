@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use crate::error::Error;
-use crate::http::{HttpRequest, HttpResponse, Method};
+use crate::http::{HttpRequest, HttpResponse};
 use crate::response::parse_token_response;
 use crate::secret::Secret;
 use crate::source::HttpTokenSource;
@@ -228,16 +228,11 @@ impl HttpTokenSource for ClientSecretCredential {
             .append_pair("scope", &self.scope)
             .append_pair("grant_type", "client_credentials")
             .finish();
-        Ok(HttpRequest {
-            method: Method::Post,
-            url: self.token_url(),
-            headers: vec![(
-                "Content-Type".to_owned(),
-                "application/x-www-form-urlencoded".to_owned(),
-            )],
-            body: Secret::new(body),
-            timeout: self.timeout,
-        })
+        Ok(HttpRequest::post_form(
+            self.token_url(),
+            Secret::new(body),
+            self.timeout,
+        ))
     }
 
     fn parse_response(&self, response: &HttpResponse, now: SystemTime) -> Result<Token, Error> {
@@ -248,6 +243,7 @@ impl HttpTokenSource for ClientSecretCredential {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::Method;
     use std::collections::HashMap;
 
     #[test]

@@ -10,6 +10,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {
+    /// A credential cannot work in this environment (its variables are not set, its
+    /// endpoint does not exist, its program is not installed). A chain of credentials
+    /// moves on to the next one only after this error.
+    CredentialUnavailable {
+        /// The credential, such as `managed identity`.
+        credential: String,
+        /// Why it is unavailable and how to make it available.
+        reason: String,
+    },
     /// A configuration value is missing or invalid.
     Config {
         /// The setting, for example `AZURE_TENANT_ID` or `authority host`.
@@ -74,7 +83,10 @@ impl Error {
             Error::Transport { .. } | Error::InvalidResponse { .. } | Error::Io { .. } => true,
             Error::IdentityEndpoint(e) => e.transient,
             Error::TokenExpired { .. } | Error::NotAcquired { .. } | Error::Timeout { .. } => true,
-            Error::Config { .. } | Error::InvalidToken(_) | Error::ShutDown => false,
+            Error::Config { .. }
+            | Error::CredentialUnavailable { .. }
+            | Error::InvalidToken(_)
+            | Error::ShutDown => false,
         }
     }
 
@@ -97,6 +109,9 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Error::CredentialUnavailable { credential, reason } => {
+                write!(f, "{credential} credential unavailable: {reason}")
+            }
             Error::Config { setting, reason } => write!(f, "invalid {setting}: {reason}"),
             Error::Transport { reason, timed_out } => {
                 if *timed_out {

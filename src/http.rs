@@ -39,8 +39,59 @@ pub struct HttpRequest {
     pub headers: Vec<(String, String)>,
     /// The body, which may contain a client secret or assertion.
     pub body: Secret,
-    /// The longest the whole exchange may take.
+    /// The time limit for the whole exchange, connecting included.
     pub timeout: Duration,
+    /// Whether a proxy from the environment may carry the request. Managed-identity
+    /// endpoints are local to the host and must be reached directly.
+    pub allow_proxy: bool,
+    /// How the server's TLS certificate is checked.
+    pub server_certificate: ServerCertificate,
+}
+
+/// How an adapter checks the TLS certificate of an identity endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ServerCertificate {
+    /// Verify the chain against the web PKI roots and the host name.
+    #[default]
+    WebPki,
+    /// Accept exactly the certificate whose SHA-1 thumbprint is this hex string, as
+    /// Service Fabric's managed-identity endpoint requires (`IDENTITY_SERVER_THUMBPRINT`).
+    PinnedSha1(String),
+}
+
+impl HttpRequest {
+    /// Creates a `GET` request with no headers, proxy allowed and web PKI verification.
+    pub fn get(url: impl Into<String>, timeout: Duration) -> Self {
+        HttpRequest {
+            method: Method::Get,
+            url: url.into(),
+            headers: Vec::new(),
+            body: Secret::new(""),
+            timeout,
+            allow_proxy: true,
+            server_certificate: ServerCertificate::WebPki,
+        }
+    }
+
+    /// Creates a `POST` request with a form body (`application/x-www-form-urlencoded`).
+    pub fn post_form(url: impl Into<String>, body: Secret, timeout: Duration) -> Self {
+        HttpRequest {
+            method: Method::Post,
+            headers: vec![(
+                "Content-Type".to_owned(),
+                "application/x-www-form-urlencoded".to_owned(),
+            )],
+            body,
+            ..Self::get(url, timeout)
+        }
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
 }
 
 impl fmt::Debug for HttpRequest {
@@ -52,6 +103,8 @@ impl fmt::Debug for HttpRequest {
             .field("headers", &names)
             .field("body_len", &self.body.expose_secret().len())
             .field("timeout", &self.timeout)
+            .field("allow_proxy", &self.allow_proxy)
+            .field("server_certificate", &self.server_certificate)
             .finish()
     }
 }

@@ -16,7 +16,7 @@ mod token;
 pub use credentials::{Credentials, Username};
 pub use entra::{AuthorityHost, ClientSecretCredential, DEFAULT_REQUEST_TIMEOUT, REDIS_SCOPE};
 pub use error::{EndpointError, Error, TokenError};
-pub use http::{HttpRequest, HttpResponse, Method};
+pub use http::{HttpRequest, HttpResponse, Method, ServerCertificate};
 pub use manager::{Action, Event, State, TokenManager};
 pub use policy::RefreshPolicy;
 pub use response::{MAX_LIFETIME, parse_error_response, parse_token_response};

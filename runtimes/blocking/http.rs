@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::{Error, HttpRequest, HttpResponse, Method};
+use crate::{Error, HttpRequest, HttpResponse, Method, ServerCertificate};
 
 /// The limit for establishing TCP and TLS with an identity endpoint. A healthy endpoint
 /// connects in well under a second, so this only cuts off unreachable ones early.
@@ -24,8 +24,15 @@ pub(crate) fn agent() -> ureq::Agent {
 
 /// Sends `request` and returns the response, whatever its status.
 pub(crate) fn send(agent: &ureq::Agent, request: &HttpRequest) -> Result<HttpResponse, Error> {
+    if let ServerCertificate::PinnedSha1(_) = request.server_certificate {
+        // TODO: verify the server by its SHA-1 thumbprint for Service Fabric.
+        return Err(Error::config(
+            "server certificate",
+            "thumbprint pinning is not supported by this adapter yet",
+        ));
+    }
     // A proxy from the environment must not see requests to a loopback mock.
-    let bypass_proxy = is_loopback_url(&request.url);
+    let bypass_proxy = !request.allow_proxy || is_loopback_url(&request.url);
     let result = match request.method {
         Method::Get => {
             let mut builder = agent.get(&request.url);
