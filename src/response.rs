@@ -50,7 +50,12 @@ pub fn parse_token_response(response: &HttpResponse, now: SystemTime) -> Result<
     let refresh_in = seconds_field(&body, "refresh_in").map_err(|r| invalid(&r))?;
 
     let from_body = match (expires_on, expires_in) {
-        (Some(on), _) if on >= SMALLEST_EPOCH => Some(UNIX_EPOCH + Duration::from_secs(on)),
+        // An expiry too far away to represent is capped below like any absurd lifetime.
+        (Some(on), _) if on >= SMALLEST_EPOCH => Some(
+            UNIX_EPOCH
+                .checked_add(Duration::from_secs(on))
+                .unwrap_or(now + MAX_LIFETIME),
+        ),
         (Some(on), _) => Some(now + Duration::from_secs(on)),
         (None, Some(lifetime)) => {
             Some(now + Duration::from_secs(lifetime.min(MAX_LIFETIME.as_secs())))
@@ -99,10 +104,11 @@ fn seconds_field(body: &Map<String, Value>, name: &str) -> Result<Option<u64>, S
 pub fn parse_error_response(response: &HttpResponse) -> Error {
     let body = serde_json::from_slice::<Value>(&response.body).ok();
     let body = body.as_ref().and_then(Value::as_object);
+    // Bounded, because these strings come from the endpoint and end up in messages.
     let text = |name: &str| {
         body.and_then(|b| b.get(name))
             .and_then(Value::as_str)
-            .map(str::to_owned)
+            .map(|v| v.chars().take(200).collect::<String>())
     };
     let error = text("error");
     let description = text("error_description").and_then(|d| first_line(&d));
@@ -194,6 +200,13 @@ mod tests {
         let body = r#"{"access_token":"t","expires_in":86399,"refresh_in":43199}"#;
         let token = parse_token_response(&response(200, body), at(T0)).unwrap();
         assert_eq!(token.refresh_on(), Some(at(T0 + 43199)));
+    }
+
+    #[test]
+    fn unrepresentable_expires_on_is_capped() {
+        let body = r#"{"access_token":"t","expires_on":18446744073709551615}"#;
+        let token = parse_token_response(&response(200, body), at(T0)).unwrap();
+        assert_eq!(token.expires_on(), at(T0) + MAX_LIFETIME);
     }
 
     #[test]
