@@ -1,0 +1,54 @@
+//! Replays the fuzz seed corpora through the checks that the fuzz targets run, so
+//! `cargo test` covers every seed without a nightly toolchain or libFuzzer.
+
+#[path = "../fuzz/src/lib.rs"]
+mod fuzz_checks;
+
+use std::fs;
+use std::panic;
+use std::path::{Path, PathBuf};
+
+/// Lists the files in `fuzz/corpus/<target>/`, failing when the folder is missing or
+/// has no files.
+fn seed_files(target: &str) -> Vec<PathBuf> {
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
+    let entries = fs::read_dir(&folder)
+        .unwrap_or_else(|e| panic!("failed to read seed corpus {}: {e}", folder.display()));
+    let mut files: Vec<PathBuf> = entries
+        .map(|entry| entry.expect("failed to read a seed corpus entry").path())
+        .filter(|path| path.is_file())
+        .collect();
+    files.sort();
+    assert!(
+        !files.is_empty(),
+        "seed corpus {} has no files",
+        folder.display()
+    );
+    files
+}
+
+/// Runs `check` on every seed of `target` and fails with the names of the seeds whose
+/// check panicked.
+fn replay(target: &str, check: fn(&[u8])) {
+    let mut failed = Vec::new();
+    for path in seed_files(target) {
+        let input = fs::read(&path)
+            .unwrap_or_else(|e| panic!("failed to read seed {}: {e}", path.display()));
+        if panic::catch_unwind(|| check(&input)).is_err() {
+            failed.push(path.display().to_string());
+        }
+    }
+    assert!(failed.is_empty(), "checks failed on seeds: {failed:#?}");
+}
+
+#[test]
+fn jwt_claims_seeds_pass_checks() {
+    replay("jwt_claims", fuzz_checks::check_jwt_claims);
+}
+
+#[test]
+fn token_response_seeds_pass_checks() {
+    replay("token_response", fuzz_checks::check_token_response);
+}
