@@ -52,3 +52,8 @@ fn jwt_claims_seeds_pass_checks() {
 fn token_response_seeds_pass_checks() {
     replay("token_response", fuzz_checks::check_token_response);
 }
+
+#[test]
+fn token_manager_seeds_pass_checks() {
+    replay("token_manager", fuzz_checks::check_token_manager);
+}

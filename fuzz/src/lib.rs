@@ -183,3 +183,82 @@ fn error_fields_only(body: &[u8]) -> Vec<u8> {
         .collect();
     serde_json::to_vec(&kept).expect("a JSON object always serializes")
 }
+
+/// Drives a `TokenManager` with a script decoded from `input` and checks its invariants.
+///
+/// Each pair of bytes is one input: the first byte picks what happens, the second is its
+/// argument. Time moves only forward. The checks: `poll` never asks for a second request
+/// while one is in flight, a `WaitUntil` deadline is never before the time it was
+/// returned at, handed-out credentials are never expired, and published credentials always
+/// expire later than the ones before them.
+pub fn check_token_manager(input: &[u8]) {
+    use redis_entraid::{Action, EndpointError, Event, RefreshPolicy, TokenManager, Username};
+
+    let start = UNIX_EPOCH + Duration::from_secs(NOW_UNIX_SECONDS);
+    let mut manager = TokenManager::new(RefreshPolicy::default(), Username::Fixed("u".into()), 7);
+    let mut now = start;
+    let mut in_flight = false;
+    let mut last_published: Option<SystemTime> = None;
+    let mut serial = 0u64;
+    for pair in input.chunks(2) {
+        let (op, arg) = (pair[0], u64::from(*pair.get(1).unwrap_or(&0)));
+        match op % 6 {
+            // Advance the clock by up to about 18 hours (arg squared seconds).
+            0 => now += Duration::from_secs(arg * arg),
+            1 => match manager.poll(now) {
+                Action::RequestToken => {
+                    assert!(!in_flight, "second request while one is in flight");
+                    in_flight = true;
+                }
+                Action::WaitUntil(deadline) => {
+                    assert!(deadline >= now, "deadline {deadline:?} before now {now:?}");
+                }
+                Action::AwaitResponse => assert!(in_flight, "waiting for no request"),
+                Action::Idle => {}
+            },
+            // Answer the request in flight with a token living arg × 60 seconds.
+            2 if in_flight => {
+                in_flight = false;
+                serial += 1;
+                let token = Token::new(
+                    format!("opaque-{serial}"),
+                    now + Duration::from_secs(arg * 60),
+                );
+                manager.handle_response(now, Ok(token));
+            }
+            // Answer the request in flight with an error, transient when arg is even.
+            3 if in_flight => {
+                in_flight = false;
+                let error = Error::IdentityEndpoint(EndpointError {
+                    status: if arg % 2 == 0 { 503 } else { 401 },
+                    error: None,
+                    description: None,
+                    codes: Vec::new(),
+                    correlation_id: None,
+                    retry_after: (arg % 3 == 0).then(|| Duration::from_secs(arg)),
+                    transient: arg % 2 == 0,
+                });
+                manager.handle_response(now, Err(error));
+            }
+            4 => manager.force_refresh(now),
+            _ => {}
+        }
+        if let Ok(credentials) = manager.credentials(now) {
+            assert!(
+                !credentials.is_expired(now),
+                "expired credentials handed out"
+            );
+        }
+        while let Some(event) = manager.poll_event() {
+            if let Event::CredentialsChanged(credentials) = event {
+                if let Some(previous) = last_published {
+                    assert!(
+                        credentials.expires_on() > previous,
+                        "published a token that expires no later"
+                    );
+                }
+                last_published = Some(credentials.expires_on());
+            }
+        }
+    }
+}
