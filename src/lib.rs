@@ -3,6 +3,7 @@
 #![deny(missing_docs)]
 
 mod credentials;
+mod date;
 mod entra;
 mod error;
 mod http;
