@@ -17,10 +17,12 @@ use crate::source::{Exchange, Next, Step, StepOutput, unexpected_output};
 /// The agent's endpoint when the variables are not set.
 pub(super) const DEFAULT_ENDPOINT: &str = "http://localhost:40342/metadata/identity/oauth2/token";
 
-/// The version of Microsoft's Arc documentation and of most SDKs.
+/// The version of Microsoft's Arc PowerShell example, the Python SDK and both MSAL
+/// libraries. The Rust SDK sends 2021-02-01.
 const API_VERSION: &str = "2020-06-01";
 
-/// The largest key file read. The agent writes short keys; every SDK rejects larger files.
+/// The largest key file read. The agent writes short keys, and the Azure SDKs and MSAL
+/// reject larger files too.
 const MAX_KEY_LEN: u64 = 4096;
 
 #[derive(Clone)]
@@ -67,6 +69,9 @@ pub(super) fn identity_parameter(identity: &UserAssigned) -> &'static str {
 }
 
 /// Returns the directory the agent writes key files to on this platform.
+///
+/// NOTE: the Windows paths here and in [`agent_installed`] follow the SDKs' sources but
+/// have not been run on Windows; the tests run on Linux.
 fn default_key_directory(lookup: &impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
     if cfg!(target_os = "linux") {
         Some(PathBuf::from("/var/opt/azcmagent/tokens"))
