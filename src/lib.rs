@@ -3,9 +3,11 @@
 #![deny(missing_docs)]
 
 mod credentials;
+mod date;
 mod entra;
 mod error;
 mod http;
+mod managed_identity;
 mod manager;
 mod policy;
 mod response;
@@ -17,6 +19,7 @@ pub use credentials::{Credentials, Username};
 pub use entra::{AuthorityHost, ClientSecretCredential, DEFAULT_REQUEST_TIMEOUT, REDIS_SCOPE};
 pub use error::{EndpointError, Error, TokenError};
 pub use http::{HttpRequest, HttpResponse, Method, ServerCertificate};
+pub use managed_identity::{HostingEnvironment, ManagedIdentityCredential, UserAssigned};
 pub use manager::{Action, Event, State, TokenManager};
 pub use policy::RefreshPolicy;
 pub use response::{MAX_LIFETIME, parse_error_response, parse_token_response};

@@ -4,6 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
+use crate::date::parse_date;
 use crate::error::{EndpointError, Error};
 use crate::http::HttpResponse;
 use crate::token::{Token, from_unix_seconds};
@@ -25,7 +26,9 @@ const TRANSIENT_CODES: &[u64] = &[
 ///
 /// A 2xx body must carry `access_token`. The expiry is taken from `expires_on` (Unix
 /// seconds), else `now + expires_in`, else the token's `exp` claim. Each may be a JSON
-/// number or a string of digits. When the body and `exp` disagree, the earlier wins.
+/// number or a string of digits. Older App Service and Azure ML endpoints send
+/// `expires_on` as a date string instead, such as `06/20/2019 02:57:58 +00:00` or
+/// `1/16/2020 5:24:12 AM +00:00`. When the body and `exp` disagree, the earlier wins.
 /// Other statuses become [`Error::IdentityEndpoint`].
 pub fn parse_token_response(response: &HttpResponse, now: SystemTime) -> Result<Token, Error> {
     if !(200..300).contains(&response.status) {
@@ -45,18 +48,12 @@ pub fn parse_token_response(response: &HttpResponse, now: SystemTime) -> Result<
         Some(_) => return Err(invalid("`access_token` is not a non-empty string")),
         None => return Err(invalid("`access_token` is missing")),
     };
-    let expires_on = seconds_field(&body, "expires_on").map_err(|r| invalid(&r))?;
+    let expires_on = expires_on_field(&body, now).map_err(|r| invalid(&r))?;
     let expires_in = seconds_field(&body, "expires_in").map_err(|r| invalid(&r))?;
     let refresh_in = seconds_field(&body, "refresh_in").map_err(|r| invalid(&r))?;
 
     let from_body = match (expires_on, expires_in) {
-        // An expiry too far away to represent is capped below like any absurd lifetime.
-        (Some(on), _) if on >= SMALLEST_EPOCH => Some(
-            UNIX_EPOCH
-                .checked_add(Duration::from_secs(on))
-                .unwrap_or(now + MAX_LIFETIME),
-        ),
-        (Some(on), _) => Some(now + Duration::from_secs(on)),
+        (Some(on), _) => Some(on),
         (None, Some(lifetime)) => {
             Some(now + Duration::from_secs(lifetime.min(MAX_LIFETIME.as_secs())))
         }
@@ -82,6 +79,34 @@ pub fn parse_token_response(response: &HttpResponse, now: SystemTime) -> Result<
     Ok(token)
 }
 
+/// Reads `expires_on`: Unix seconds, a lifetime when below [`SMALLEST_EPOCH`], or a date.
+fn expires_on_field(
+    body: &Map<String, Value>,
+    now: SystemTime,
+) -> Result<Option<SystemTime>, String> {
+    if let Some(Value::String(text)) = body.get("expires_on")
+        && !text.trim().bytes().all(|b| b.is_ascii_digit())
+    {
+        return match parse_date(text) {
+            Some(seconds) => Ok(Some(from_unix_seconds(seconds))),
+            None => Err("`expires_on` is neither a number of seconds nor a known date form".into()),
+        };
+    }
+    let Some(seconds) = seconds_field(body, "expires_on")? else {
+        return Ok(None);
+    };
+    let base = if seconds >= SMALLEST_EPOCH {
+        UNIX_EPOCH
+    } else {
+        now
+    };
+    // An overflowing value is absurd; the caller caps the expiry to `now + MAX_LIFETIME`.
+    Ok(Some(
+        base.checked_add(Duration::from_secs(seconds))
+            .unwrap_or(now + MAX_LIFETIME),
+    ))
+}
+
 /// Reads a field that holds whole seconds as a number or a string of digits.
 fn seconds_field(body: &Map<String, Value>, name: &str) -> Result<Option<u64>, String> {
     let invalid = || format!("`{name}` is not a number of seconds");
@@ -99,6 +124,9 @@ fn seconds_field(body: &Map<String, Value>, name: &str) -> Result<Option<u64>, S
 
 /// Turns a non-2xx response into a classified error.
 ///
+/// Reads Entra's and IMDS's `error` and `error_description`, Service Fabric's nested
+/// `error` object and App Service's `message`.
+///
 /// Transient: HTTP 408, 429 and 5xx, the OAuth error `temporarily_unavailable`, and the
 /// AADSTS codes Microsoft documents as retryable. Everything else is permanent.
 pub fn parse_error_response(response: &HttpResponse) -> Error {
@@ -110,8 +138,20 @@ pub fn parse_error_response(response: &HttpResponse) -> Error {
             .and_then(Value::as_str)
             .map(|v| v.chars().take(200).collect::<String>())
     };
-    let error = text("error");
-    let description = text("error_description").and_then(|d| first_line(&d));
+    // Service Fabric nests its error: {"error":{"code","message","correlationId"}}.
+    let nested = body.and_then(|b| b.get("error")).and_then(Value::as_object);
+    let nested_text = |name: &str| {
+        nested
+            .and_then(|n| n.get(name))
+            .and_then(Value::as_str)
+            .map(|v| v.chars().take(200).collect::<String>())
+    };
+    let error = text("error").or_else(|| nested_text("code"));
+    // App Service reports some failures as {"statusCode":…,"message":…}.
+    let description = text("error_description")
+        .or_else(|| nested_text("message"))
+        .or_else(|| text("message"))
+        .and_then(|d| first_line(&d));
     let codes: Vec<u64> = body
         .and_then(|b| b.get("error_codes"))
         .and_then(Value::as_array)
@@ -126,7 +166,7 @@ pub fn parse_error_response(response: &HttpResponse) -> Error {
         error,
         description,
         codes,
-        correlation_id: text("correlation_id"),
+        correlation_id: text("correlation_id").or_else(|| nested_text("correlationId")),
         retry_after: response.retry_after(),
         transient,
     })
@@ -283,6 +323,73 @@ mod tests {
         assert!(parse_error_response(&response(400, unavailable)).is_transient());
         let retryable = r#"{"error":"invalid_request","error_codes":[50033]}"#;
         assert!(parse_error_response(&response(400, retryable)).is_transient());
+    }
+
+    #[test]
+    fn expires_on_date_strings() {
+        let cases = [
+            (r#""06/20/2019 02:57:58 +00:00""#, 1_560_999_478),
+            (r#""1/16/2020 5:24:12 AM +00:00""#, 1_579_152_252),
+            (r#""1/16/2020 5:24:12 PM +00:00""#, 1_579_195_452),
+        ];
+        for (expires_on, expected) in cases {
+            let body = format!(r#"{{"access_token":"t","expires_on":{expires_on}}}"#);
+            // Received an hour before expiry, so no cap applies.
+            let token = parse_token_response(&response(200, &body), at(expected - 3600)).unwrap();
+            assert_eq!(token.expires_on(), at(expected), "{expires_on}");
+        }
+        let body = r#"{"access_token":"t","expires_on":"next tuesday"}"#;
+        let err = parse_token_response(&response(200, body), at(T0)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid token response (HTTP 200): `expires_on` is neither a number of seconds \
+             nor a known date form"
+        );
+    }
+
+    #[test]
+    fn imds_body_with_string_values() {
+        let body = format!(
+            r#"{{"access_token":"t","client_id":"c","expires_in":"86399","expires_on":"{}","ext_expires_in":"86399","not_before":"{T0}","resource":"https://redis.azure.com","token_type":"Bearer"}}"#,
+            T0 + 86399
+        );
+        let token = parse_token_response(&response(200, &body), at(T0)).unwrap();
+        assert_eq!(token.expires_on(), at(T0 + 86399));
+        assert_eq!(token.refresh_on(), None);
+    }
+
+    #[test]
+    fn overflowing_expires_on_is_capped() {
+        let body = r#"{"access_token":"t","expires_on":18446744073709551615}"#;
+        let token = parse_token_response(&response(200, body), at(T0)).unwrap();
+        assert_eq!(token.expires_on(), at(T0) + MAX_LIFETIME);
+    }
+
+    #[test]
+    fn service_fabric_nested_error_is_read() {
+        let body = r#"{"error":{"correlationId":"cid-7","code":"SecretHeaderNotFound","message":"Secret is not found in the request headers."}}"#;
+        let Error::IdentityEndpoint(err) = parse_error_response(&response(401, body)) else {
+            panic!("expected an endpoint error");
+        };
+        assert_eq!(err.error.as_deref(), Some("SecretHeaderNotFound"));
+        assert_eq!(
+            err.description.as_deref(),
+            Some("Secret is not found in the request headers.")
+        );
+        assert_eq!(err.correlation_id.as_deref(), Some("cid-7"));
+    }
+
+    #[test]
+    fn app_service_message_is_read() {
+        let body = r#"{"statusCode":500,"message":"An unexpected error occured while fetching the AAD Token."}"#;
+        let Error::IdentityEndpoint(err) = parse_error_response(&response(500, body)) else {
+            panic!("expected an endpoint error");
+        };
+        assert!(err.transient);
+        assert_eq!(
+            err.description.as_deref(),
+            Some("An unexpected error occured while fetching the AAD Token.")
+        );
     }
 
     #[test]

@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+use ureq::config::ConfigBuilder;
+use ureq::typestate::AgentScope;
+
+use super::pinned_tls;
 use crate::{Error, HttpRequest, HttpResponse, Method, ServerCertificate};
 
 /// The limit for establishing TCP and TLS with an identity endpoint. A healthy endpoint
@@ -14,23 +18,27 @@ const MAX_BODY: u64 = 1024 * 1024;
 /// Builds the agent for token requests: non-2xx statuses come back as responses, and
 /// redirects are not followed, because a token request must not be re-sent elsewhere.
 pub(crate) fn agent() -> ureq::Agent {
+    agent_config().build().into()
+}
+
+fn agent_config() -> ConfigBuilder<AgentScope> {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
         .timeout_connect(Some(CONNECT_TIMEOUT))
-        .build()
-        .into()
 }
 
 /// Sends `request` and returns the response, whatever its status.
 pub(crate) fn send(agent: &ureq::Agent, request: &HttpRequest) -> Result<HttpResponse, Error> {
-    if let ServerCertificate::PinnedSha1(_) = request.server_certificate {
-        // TODO: verify the server by its SHA-1 thumbprint for Service Fabric.
-        return Err(Error::config(
-            "server certificate",
-            "thumbprint pinning is not supported by this adapter yet",
-        ));
-    }
+    let pinned_agent;
+    let agent = match &request.server_certificate {
+        ServerCertificate::WebPki => agent,
+        ServerCertificate::PinnedSha1(thumbprint) => {
+            // Pinned requests go to Service Fabric's local endpoint, never through a proxy.
+            pinned_agent = pinned_tls::agent(agent_config().proxy(None).build(), thumbprint)?;
+            &pinned_agent
+        }
+    };
     // A proxy from the environment must not see requests to a loopback mock.
     let bypass_proxy = !request.allow_proxy || is_loopback_url(&request.url);
     let result = match request.method {

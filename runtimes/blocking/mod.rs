@@ -5,6 +5,7 @@
 
 mod connection;
 mod http;
+mod pinned_tls;
 mod provider;
 mod steps;
 
