@@ -215,6 +215,10 @@ fn hint_for_code(code: u64) -> Option<&'static str> {
         7000222 => "the client secret has expired: create a new one for the app registration",
         700016 => "check AZURE_CLIENT_ID and AZURE_TENANT_ID: the app is not in this tenant",
         90002 => "check AZURE_TENANT_ID and AZURE_AUTHORITY_HOST: the tenant is not in this cloud",
+        700024 => {
+            "the client assertion has expired or is not valid yet: check the clock, and for \
+             workload identity that the federated token file is being renewed"
+        }
         70011 | 700022 | 700023 | 28002 => {
             "check the scope: Azure Redis expects https://redis.azure.com/.default"
         }

@@ -12,6 +12,7 @@ mod response;
 mod secret;
 mod source;
 mod token;
+mod workload;
 
 pub use credentials::{Credentials, Username};
 pub use entra::{AuthorityHost, ClientSecretCredential, DEFAULT_REQUEST_TIMEOUT, REDIS_SCOPE};
@@ -26,6 +27,7 @@ pub use source::{
     TokenSource, unexpected_output,
 };
 pub use token::{Claims, Token};
+pub use workload::{MAX_ASSERTION_LEN, WorkloadIdentityCredential};
 
 #[cfg(feature = "blocking")]
 #[path = "../runtimes/blocking/mod.rs"]
