@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod azure_cli;
 mod credentials;
 mod entra;
 mod error;
@@ -14,6 +15,7 @@ mod source;
 mod token;
 mod workload;
 
+pub use azure_cli::{AzureCliCredential, DEFAULT_CLI_TIMEOUT};
 pub use credentials::{Credentials, Username};
 pub use entra::{AuthorityHost, ClientSecretCredential, DEFAULT_REQUEST_TIMEOUT, REDIS_SCOPE};
 pub use error::{EndpointError, Error, TokenError};

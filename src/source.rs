@@ -34,7 +34,7 @@ pub enum Step {
 /// A program to run, with its arguments and a time limit.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ProgramRequest {
-    /// The program, looked up on `PATH`.
+    /// The program: a name looked up on `PATH`, or a path to the program.
     pub program: String,
     /// The arguments, passed as they are.
     pub args: Vec<String>,

@@ -1,0 +1,131 @@
+//! The Azure CLI credential through the blocking provider, with a fake `az` script in a
+//! temporary directory in place of the real CLI.
+#![cfg(unix)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::jwt::{OID, TENANT, jwt};
+use common::temp_dir::TempDir;
+use redis_entraid::blocking::EntraIdProvider;
+use redis_entraid::{AzureCliCredential, Error};
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Writes an executable `az` script into `dir` that records its arguments, one a line,
+/// in `dir/args` and then runs `body`.
+fn fake_az(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("az");
+    let script = format!("#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$(dirname \"$0\")/args\"\n{body}\n");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn recorded_args(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("args")).expect("the fake az ran")
+}
+
+fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[test]
+fn cli_output_becomes_credentials() {
+    let dir = TempDir::new("az-current");
+    let expires_on = unix_now() + 3000;
+    let token = jwt(OID, unix_now() + 3600, 1);
+    let output = format!(
+        r#"{{"accessToken": "{token}", "expiresOn": "2026-01-01 00:50:00.000000", "expires_on": {expires_on}, "subscription": "s", "tenant": "{TENANT}", "tokenType": "Bearer"}}"#
+    );
+    let az = fake_az(dir.path(), &format!("cat <<'EOF'\n{output}\nEOF"));
+    let credential = AzureCliCredential::new()
+        .with_program(az.to_string_lossy())
+        .with_tenant(TENANT)
+        .unwrap();
+    let provider = EntraIdProvider::new(credential);
+    let credentials = provider.get_credentials().expect("token from the fake az");
+    assert_eq!(credentials.username(), OID);
+    assert_eq!(credentials.password(), token);
+    assert_eq!(unix_seconds(credentials.expires_on()), expires_on);
+    assert_eq!(
+        recorded_args(dir.path()),
+        format!(
+            "account\nget-access-token\n--output\njson\n--resource\nhttps://redis.azure.com\n\
+             --tenant\n{TENANT}\n"
+        )
+    );
+}
+
+#[test]
+fn missing_cli_is_unavailable() {
+    let dir = TempDir::new("az-missing");
+    let credential =
+        AzureCliCredential::new().with_program(dir.path().join("bin/az").to_string_lossy());
+    let provider = EntraIdProvider::new(credential);
+    let started = Instant::now();
+    let error = provider
+        .get_credentials_timeout(Duration::from_secs(20))
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5), "{error}");
+    assert!(
+        matches!(&error, Error::CredentialUnavailable { credential, reason }
+            if credential == "Azure CLI" && reason.starts_with("Azure CLI not installed:")),
+        "{error}"
+    );
+}
+
+#[test]
+fn logged_out_cli_is_unavailable() {
+    let dir = TempDir::new("az-logged-out");
+    let az = fake_az(
+        dir.path(),
+        "echo \"ERROR: Please run 'az login' to setup account.\" >&2\nexit 1",
+    );
+    let provider =
+        EntraIdProvider::new(AzureCliCredential::new().with_program(az.to_string_lossy()));
+    let started = Instant::now();
+    let error = provider
+        .get_credentials_timeout(Duration::from_secs(20))
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5), "{error}");
+    assert_eq!(
+        error.to_string(),
+        "Azure CLI credential unavailable: not logged in; run `az login` (ERROR: Please \
+         run 'az login' to setup account.)"
+    );
+}
+
+#[test]
+fn hung_cli_is_killed_at_timeout() {
+    let dir = TempDir::new("az-hung");
+    // `exec` makes the shell become `sleep`, so killing the program stops the sleep.
+    let az = fake_az(dir.path(), "exec sleep 10");
+    let credential = AzureCliCredential::new()
+        .with_program(az.to_string_lossy())
+        .with_timeout(Duration::from_millis(300));
+    let provider = EntraIdProvider::new(credential);
+    let error = provider
+        .get_credentials_timeout(Duration::from_secs(1))
+        .unwrap_err();
+    let Error::Timeout {
+        last_error: Some(last_error),
+        ..
+    } = &error
+    else {
+        panic!("expected a timeout with the CLI's error, got {error}");
+    };
+    let message = last_error.to_string();
+    assert!(
+        message.contains("account get-access-token: no exit after 0.3 s; the CLI may be waiting"),
+        "{message}"
+    );
+}
