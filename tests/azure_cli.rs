@@ -66,6 +66,27 @@ fn cli_output_becomes_credentials() {
 }
 
 #[test]
+fn older_cli_expiry_is_local_time() {
+    let dir = TempDir::new("az-older");
+    let expires_on = unix_now() + 3000;
+    let token = jwt(OID, unix_now() + 3600, 1);
+    // `date` prints the expiry in the zone this process runs in (TZ or /etc/localtime),
+    // as the CLI does; GNU date takes `-d @seconds`, BSD date `-r seconds`.
+    let body = format!(
+        "local=$(date -d @{expires_on} '+%Y-%m-%d %H:%M:%S.000000' 2>/dev/null \
+         || date -r {expires_on} '+%Y-%m-%d %H:%M:%S.000000')\n\
+         printf '{{\"accessToken\": \"{token}\", \"expiresOn\": \"%s\", \"tokenType\": \"Bearer\"}}\\n' \"$local\""
+    );
+    let az = fake_az(dir.path(), &body);
+    let credential = AzureCliCredential::new()
+        .with_program(az.to_string_lossy())
+        .with_system_time_zone();
+    let provider = EntraIdProvider::new(credential);
+    let credentials = provider.get_credentials().expect("token from the fake az");
+    assert_eq!(unix_seconds(credentials.expires_on()), expires_on);
+}
+
+#[test]
 fn missing_cli_is_unavailable() {
     let dir = TempDir::new("az-missing");
     let credential =

@@ -5,8 +5,10 @@
 
 mod connection;
 mod http;
+mod local_time;
 mod provider;
 mod steps;
 
 pub use connection::EntraConnection;
+pub use local_time::system_utc_offset;
 pub use provider::{DEFAULT_FIRST_TOKEN_TIMEOUT, EntraIdProvider, ProviderBuilder, Subscription};
