@@ -3,8 +3,10 @@
 #![deny(missing_docs)]
 
 mod azure_cli;
+mod chain;
 mod credentials;
 mod entra;
+mod environment;
 mod error;
 mod http;
 mod manager;
@@ -16,8 +18,10 @@ mod token;
 mod workload;
 
 pub use azure_cli::{AzureCliCredential, DEFAULT_CLI_TIMEOUT};
+pub use chain::{ChainOptions, ChainedCredential};
 pub use credentials::{Credentials, Username};
 pub use entra::{AuthorityHost, ClientSecretCredential, DEFAULT_REQUEST_TIMEOUT, REDIS_SCOPE};
+pub use environment::EnvironmentCredential;
 pub use error::{EndpointError, Error, TokenError};
 pub use http::{HttpRequest, HttpResponse, Method, ServerCertificate};
 pub use manager::{Action, Event, State, TokenManager};

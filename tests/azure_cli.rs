@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::jwt::{OID, TENANT, jwt};
 use common::temp_dir::TempDir;
 use redis_entraid::blocking::EntraIdProvider;
-use redis_entraid::{AzureCliCredential, Error};
+use redis_entraid::{AzureCliCredential, ChainOptions, ChainedCredential, Error};
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -149,4 +150,36 @@ fn hung_cli_is_killed_at_timeout() {
         message.contains("account get-access-token: no exit after 0.3 s; the CLI may be waiting"),
         "{message}"
     );
+}
+
+#[test]
+fn dev_chain_runs_azure_cli() {
+    let dir = TempDir::new("az-chain");
+    let token = jwt(OID, unix_now() + 3600, 1);
+    let az = fake_az(
+        dir.path(),
+        &format!(
+            "echo '{{\"accessToken\": \"{token}\", \"expires_on\": {}}}'",
+            unix_now() + 3600
+        ),
+    );
+    // `dev` keeps only the Azure CLI, so no managed-identity endpoint is ever tried.
+    let env: HashMap<&str, &str> = [
+        ("AZURE_TOKEN_CREDENTIALS", "dev"),
+        ("AZURE_TENANT_ID", TENANT),
+        ("AZURE_CLIENT_ID", "99999999-8888-7777-6666-555555555555"),
+        ("AZURE_CLIENT_SECRET", "unused-secret"),
+    ]
+    .into();
+    let options = ChainOptions::default()
+        .with_azure_cli(AzureCliCredential::new().with_program(az.to_string_lossy()));
+    let chain =
+        ChainedCredential::from_env_with(|name| env.get(name).map(|v| v.to_string()), options)
+            .unwrap();
+    let provider = EntraIdProvider::new(chain.clone());
+    let credentials = provider.get_credentials().expect("token from the fake az");
+    assert_eq!(credentials.username(), OID);
+    assert_eq!(chain.selected(), Some("Azure CLI"));
+    // The chain does not pass AZURE_TENANT_ID to the CLI, which keeps its own tenant.
+    assert!(!recorded_args(dir.path()).contains("--tenant"));
 }

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -16,7 +17,7 @@ use common::jwt::{OID, TENANT, jwt, token_body};
 use common::temp_dir::TempDir;
 use common::token_endpoint::{CLIENT_ID, token_path};
 use redis_entraid::blocking::EntraIdProvider;
-use redis_entraid::{Error, WorkloadIdentityCredential};
+use redis_entraid::{ChainedCredential, Error, WorkloadIdentityCredential};
 
 const STALE_BODY: &str = r#"{"error":"invalid_client","error_description":"AADSTS700024: Client assertion is not within its valid time range. Current time: 2026-01-01T18:00:00.0000000Z, assertion valid from 2026-01-01T16:00:00.0000000Z, expiry time of assertion 2026-01-01T17:00:00.0000000Z.\r\nTrace ID: t\r\nCorrelation ID: c","error_codes":[700024],"correlation_id":"c-700024"}"#;
 
@@ -230,4 +231,31 @@ fn missing_token_file_is_an_io_error() {
         "{last_error}"
     );
     endpoint.assert_calls(0);
+}
+
+#[test]
+fn chain_from_env_selects_workload_identity() {
+    let volume = ProjectedVolume::new("sa-one");
+    let server = MockServer::start();
+    let endpoint = server.mock(|when, then| {
+        when.method(POST)
+            .path(token_path())
+            .form_urlencoded_tuple("client_assertion", "sa-one");
+        then.status(200).body(fresh_token(3600, 1));
+    });
+    let token_file = volume.token_file().to_string_lossy().into_owned();
+    let env: HashMap<&str, String> = [
+        ("AZURE_TENANT_ID", TENANT.to_owned()),
+        ("AZURE_CLIENT_ID", CLIENT_ID.to_owned()),
+        ("AZURE_FEDERATED_TOKEN_FILE", token_file),
+        ("AZURE_AUTHORITY_HOST", server.base_url()),
+    ]
+    .into();
+    let chain = ChainedCredential::from_env(|name| env.get(name).cloned()).unwrap();
+    let provider = EntraIdProvider::new(chain.clone());
+    let credentials = provider.get_credentials().expect("token from the chain");
+    assert_eq!(credentials.username(), OID);
+    assert_eq!(provider.source_name(), "chained");
+    assert_eq!(chain.selected(), Some("workload identity"));
+    endpoint.assert_calls(1);
 }
