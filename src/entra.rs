@@ -90,7 +90,21 @@ pub(crate) fn is_loopback(authority: &str) -> bool {
         .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn validate_tenant(tenant_id: &str) -> Result<(), Error> {
+/// Reads the optional `AZURE_AUTHORITY_HOST` through `lookup`; an empty value counts as
+/// unset. An invalid value is a configuration error naming the variable.
+pub(crate) fn authority_host_from_env(
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<AuthorityHost>, Error> {
+    let Some(host) = lookup("AZURE_AUTHORITY_HOST").filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    AuthorityHost::parse(&host).map(Some).map_err(|e| match e {
+        Error::Config { reason, .. } => Error::config("AZURE_AUTHORITY_HOST", reason),
+        other => other,
+    })
+}
+
+pub(crate) fn validate_tenant(tenant_id: &str) -> Result<(), Error> {
     let valid = !tenant_id.is_empty()
         && tenant_id
             .chars()
@@ -107,7 +121,7 @@ fn validate_tenant(tenant_id: &str) -> Result<(), Error> {
     }
 }
 
-fn validate_client_id(client_id: &str) -> Result<(), Error> {
+pub(crate) fn validate_client_id(client_id: &str) -> Result<(), Error> {
     if client_id.is_empty() || client_id.chars().any(char::is_whitespace) {
         return Err(Error::config(
             "client id",
@@ -168,10 +182,10 @@ impl ClientSecretCredential {
             get("AZURE_CLIENT_ID")?,
             get("AZURE_CLIENT_SECRET")?,
         )?;
-        match lookup("AZURE_AUTHORITY_HOST").filter(|v| !v.is_empty()) {
-            Some(host) => credential.with_authority_host(&host).map_err(|e| match e {
-                Error::Config { reason, .. } => Error::config("AZURE_AUTHORITY_HOST", reason),
-                other => other,
+        match authority_host_from_env(&lookup)? {
+            Some(authority) => Ok(ClientSecretCredential {
+                authority,
+                ..credential
             }),
             None => Ok(credential),
         }

@@ -19,6 +19,17 @@ pub enum Error {
         /// Why it is unavailable and how to make it available.
         reason: String,
     },
+    /// A chain of credentials stopped at a credential that failed with an error other
+    /// than [`Error::CredentialUnavailable`].
+    ChainFailed {
+        /// The credential that failed, such as `workload identity`.
+        credential: String,
+        /// Its failure, which decides [`Error::is_transient`].
+        error: Box<Error>,
+        /// The [`Error::CredentialUnavailable`] errors of the credentials tried before it,
+        /// in chain order.
+        unavailable: Vec<Error>,
+    },
     /// A configuration value is missing or invalid.
     Config {
         /// The setting, for example `AZURE_TENANT_ID` or `authority host`.
@@ -82,6 +93,7 @@ impl Error {
         match self {
             Error::Transport { .. } | Error::InvalidResponse { .. } | Error::Io { .. } => true,
             Error::IdentityEndpoint(e) => e.transient,
+            Error::ChainFailed { error, .. } => error.is_transient(),
             Error::TokenExpired { .. } | Error::NotAcquired { .. } | Error::Timeout { .. } => true,
             Error::Config { .. }
             | Error::CredentialUnavailable { .. }
@@ -94,6 +106,7 @@ impl Error {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Error::IdentityEndpoint(e) => e.retry_after,
+            Error::ChainFailed { error, .. } => error.retry_after(),
             _ => None,
         }
     }
@@ -111,6 +124,14 @@ impl fmt::Display for Error {
         match self {
             Error::CredentialUnavailable { credential, reason } => {
                 write!(f, "{credential} credential unavailable: {reason}")
+            }
+            Error::ChainFailed {
+                credential,
+                error,
+                unavailable,
+            } => {
+                write!(f, "{credential} credential failed: {error}")?;
+                write_unavailable(f, unavailable)
             }
             Error::Config { setting, reason } => write!(f, "invalid {setting}: {reason}"),
             Error::Transport { reason, timed_out } => {
@@ -158,6 +179,17 @@ fn write_last_error(f: &mut fmt::Formatter<'_>, last: &Option<Box<Error>>) -> fm
         Some(e) => write!(f, "; last error: {e}"),
         None => Ok(()),
     }
+}
+
+fn write_unavailable(f: &mut fmt::Formatter<'_>, unavailable: &[Error]) -> fmt::Result {
+    for (i, error) in unavailable.iter().enumerate() {
+        let separator = if i == 0 { " (tried before: " } else { "; " };
+        write!(f, "{separator}{error}")?;
+    }
+    if !unavailable.is_empty() {
+        f.write_str(")")?;
+    }
+    Ok(())
 }
 
 fn unix_seconds(t: SystemTime) -> u64 {
@@ -215,6 +247,10 @@ fn hint_for_code(code: u64) -> Option<&'static str> {
         7000222 => "the client secret has expired: create a new one for the app registration",
         700016 => "check AZURE_CLIENT_ID and AZURE_TENANT_ID: the app is not in this tenant",
         90002 => "check AZURE_TENANT_ID and AZURE_AUTHORITY_HOST: the tenant is not in this cloud",
+        700024 => {
+            "the client assertion has expired or is not valid yet: check the clock, and for \
+             workload identity that the federated token file is being renewed"
+        }
         70011 | 700022 | 700023 | 28002 => {
             "check the scope: Azure Redis expects https://redis.azure.com/.default"
         }

@@ -2,9 +2,12 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod azure_cli;
+mod chain;
 mod credentials;
 mod date;
 mod entra;
+mod environment;
 mod error;
 mod http;
 mod managed_identity;
@@ -14,9 +17,13 @@ mod response;
 mod secret;
 mod source;
 mod token;
+mod workload;
 
+pub use azure_cli::{AzureCliCredential, DEFAULT_CLI_TIMEOUT};
+pub use chain::{ChainOptions, ChainedCredential};
 pub use credentials::{Credentials, Username};
 pub use entra::{AuthorityHost, ClientSecretCredential, DEFAULT_REQUEST_TIMEOUT, REDIS_SCOPE};
+pub use environment::EnvironmentCredential;
 pub use error::{EndpointError, Error, TokenError};
 pub use http::{HttpRequest, HttpResponse, Method, ServerCertificate};
 pub use managed_identity::{HostingEnvironment, ManagedIdentityCredential, UserAssigned};
@@ -29,6 +36,7 @@ pub use source::{
     TokenSource, unexpected_output,
 };
 pub use token::{Claims, Token};
+pub use workload::{MAX_ASSERTION_LEN, WorkloadIdentityCredential};
 
 #[cfg(feature = "blocking")]
 #[path = "../runtimes/blocking/mod.rs"]

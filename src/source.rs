@@ -34,7 +34,7 @@ pub enum Step {
 /// A program to run, with its arguments and a time limit.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ProgramRequest {
-    /// The program, looked up on `PATH`.
+    /// The program: a name looked up on `PATH`, or a path to the program.
     pub program: String,
     /// The arguments, passed as they are.
     pub args: Vec<String>,
@@ -108,6 +108,75 @@ pub trait Exchange: Send {
 ///
 /// Implement it to plug in a token source of your own; sources that need one HTTP
 /// request per token can implement [`HttpTokenSource`] instead.
+///
+/// # Example
+///
+/// A source that reads a JWT which another process (a sidecar, a login helper) keeps up
+/// to date in a file. The exchange requests a file read from its driver, and takes the
+/// expiry from the token's `exp` claim. Here the exchange is driven by hand, as a unit
+/// test would; `blocking::EntraIdProvider::new(source)` drives it for real.
+///
+/// ```
+/// use std::path::PathBuf;
+/// use std::time::SystemTime;
+///
+/// use redis_entraid::{
+///     Claims, Error, Exchange, Next, Step, StepOutput, Token, TokenError, TokenSource,
+///     unexpected_output,
+/// };
+///
+/// struct TokenFile(PathBuf);
+///
+/// impl TokenSource for TokenFile {
+///     fn name(&self) -> &str {
+///         "token file"
+///     }
+///
+///     fn exchange(&self) -> Box<dyn Exchange> {
+///         Box::new(ReadTokenFile(self.0.clone()))
+///     }
+/// }
+///
+/// struct ReadTokenFile(PathBuf);
+///
+/// impl Exchange for ReadTokenFile {
+///     fn start(&mut self, _now: SystemTime) -> Next {
+///         let path = self.0.clone();
+///         Next::Step(Step::ReadFile { path, max_len: 16 * 1024 })
+///     }
+///
+///     fn resume(&mut self, _now: SystemTime, output: Result<StepOutput, Error>) -> Next {
+///         Next::Done(match output {
+///             Ok(StepOutput::File(contents)) => parse(&contents),
+///             Ok(other) => Err(unexpected_output(&other)),
+///             Err(error) => Err(error),
+///         })
+///     }
+/// }
+///
+/// fn parse(contents: &[u8]) -> Result<Token, Error> {
+///     let jwt = String::from_utf8_lossy(contents).trim().to_owned();
+///     let expires_on = Claims::from_jwt(&jwt)?
+///         .expires_at()
+///         .ok_or(TokenError::InvalidClaim { claim: "exp" })?;
+///     Ok(Token::new(jwt, expires_on))
+/// }
+///
+/// let source = TokenFile("/run/secrets/redis-token".into());
+/// let mut exchange = source.exchange();
+/// let Next::Step(Step::ReadFile { path, .. }) = exchange.start(SystemTime::now()) else {
+///     panic!("expected a file read");
+/// };
+/// assert_eq!(path, PathBuf::from("/run/secrets/redis-token"));
+///
+/// // An unsigned JWT for the object id 11111111-…, expiring in 2100.
+/// let jwt = "e30.eyJvaWQiOiIxMTExMTExMS0yMjIyLTMzMzMtNDQ0NC01NTU1NTU1NTU1NTUiLCJleHAiOjQxMDI0NDQ4MDB9.c2ln";
+/// let contents = Ok(StepOutput::File(format!("{jwt}\n").into_bytes()));
+/// let Next::Done(Ok(token)) = exchange.resume(SystemTime::now(), contents) else {
+///     panic!("expected a token");
+/// };
+/// assert_eq!(token.access_token().expose_secret(), jwt);
+/// ```
 pub trait TokenSource: Send + Sync + 'static {
     /// A short name for logs and diagnostics, such as `client secret`.
     fn name(&self) -> &str;

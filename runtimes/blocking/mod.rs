@@ -5,9 +5,11 @@
 
 mod connection;
 mod http;
+mod local_time;
 mod pinned_tls;
 mod provider;
 mod steps;
 
 pub use connection::EntraConnection;
+pub use local_time::system_utc_offset;
 pub use provider::{DEFAULT_FIRST_TOKEN_TIMEOUT, EntraIdProvider, ProviderBuilder, Subscription};

@@ -4,4 +4,5 @@
 
 pub mod jwt;
 pub mod redis_server;
+pub mod temp_dir;
 pub mod token_endpoint;
