@@ -13,6 +13,11 @@ mod secret;
 mod source;
 mod token;
 
+#[cfg(feature = "certificate")]
+mod certificate;
+#[cfg(feature = "certificate")]
+pub use certificate::{ASSERTION_LIFETIME, ClientCertificate, ClientCertificateCredential};
+
 pub use credentials::{Credentials, Username};
 pub use entra::{AuthorityHost, ClientSecretCredential, DEFAULT_REQUEST_TIMEOUT, REDIS_SCOPE};
 pub use error::{EndpointError, Error, TokenError};
