@@ -20,6 +20,8 @@ use rustls_pki_types::pem::{self, PemObject, SectionKind};
 use zeroize::Zeroizing;
 
 pub use credential::{ASSERTION_LIFETIME, ClientCertificateCredential};
+#[cfg(feature = "blocking")]
+pub(crate) use credential::{file_error, rename_settings};
 
 use crate::error::Error;
 use der::{BIT_STRING, Malformed, OCTET_STRING, SEQUENCE};
