@@ -3,8 +3,8 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
 
 use log::debug;
 
@@ -12,6 +12,7 @@ use crate::azure_cli::AzureCliCredential;
 use crate::entra::REDIS_SCOPE;
 use crate::environment::EnvironmentCredential;
 use crate::error::Error;
+use crate::managed_identity::{HostingEnvironment, ManagedIdentityCredential, UserAssigned};
 use crate::source::{Exchange, Next, StepOutput, TokenSource};
 use crate::workload::WorkloadIdentityCredential;
 
@@ -212,26 +213,101 @@ fn built<T: TokenSource>(name: &str, result: Result<T, Error>) -> Box<dyn TokenS
     }
 }
 
+/// How long the chain waits for IMDS before deciding there is no managed identity, as
+/// the Azure SDKs probe it with a short timeout so a chain off Azure does not hang.
+const IMDS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The managed-identity entry of a chain built from the environment.
 ///
-/// TODO: plug in the managed-identity credential here when it lands. It should detect
-/// the hosting environment through `lookup`, use a set `AZURE_CLIENT_ID` as the
-/// user-assigned client id, request `scope` without `/.default` as the resource, and,
-/// when `probe` is true, give up quickly (short timeout, no retries) where no endpoint
-/// responds, returning [`Error::CredentialUnavailable`] so the chain moves on.
+/// It detects the hosting environment through `lookup`, uses a set `AZURE_CLIENT_ID` as
+/// the user-assigned client id and requests `scope` without `/.default`. On IMDS, which
+/// has no variable to show it exists, `probe` makes the first attempts use a short
+/// timeout and report a transport failure as unavailable, so the chain moves on.
 fn managed_identity(
-    _lookup: &impl Fn(&str) -> Option<String>,
-    _scope: &str,
-    _probe: bool,
+    lookup: &impl Fn(&str) -> Option<String>,
+    scope: &str,
+    probe: bool,
 ) -> Box<dyn TokenSource> {
-    Box::new(Unusable {
-        name: "managed identity".to_owned(),
-        error: Error::CredentialUnavailable {
-            credential: "managed identity".to_owned(),
-            reason: "this version of redis-entraid does not support managed identity yet"
-                .to_owned(),
-        },
+    let name = "managed identity";
+    let mut credential =
+        match ManagedIdentityCredential::from_env(lookup).and_then(|c| c.with_scope(scope)) {
+            Ok(credential) => credential,
+            Err(error) => return built::<ManagedIdentityCredential>(name, Err(error)),
+        };
+    if let Some(client_id) = lookup("AZURE_CLIENT_ID").filter(|v| !v.is_empty()) {
+        match credential.with_user_assigned(UserAssigned::ClientId(client_id)) {
+            Ok(assigned) => credential = assigned,
+            Err(error) => return built::<ManagedIdentityCredential>(name, Err(error)),
+        }
+    }
+    if !probe || credential.hosting_environment() != HostingEnvironment::Imds {
+        return Box::new(credential);
+    }
+    Box::new(ImdsProbe {
+        probe: credential.clone().with_request_timeout(IMDS_PROBE_TIMEOUT),
+        full: credential,
+        reached: Arc::new(AtomicBool::new(false)),
     })
+}
+
+/// IMDS behind a probe: until IMDS has answered once, attempts use a short timeout and a
+/// transport failure means "no managed identity here".
+struct ImdsProbe {
+    probe: ManagedIdentityCredential,
+    full: ManagedIdentityCredential,
+    reached: Arc<AtomicBool>,
+}
+
+impl TokenSource for ImdsProbe {
+    fn name(&self) -> &str {
+        "managed identity"
+    }
+
+    fn exchange(&self) -> Box<dyn Exchange> {
+        if self.reached.load(Ordering::Acquire) {
+            return self.full.exchange();
+        }
+        Box::new(ProbeExchange {
+            inner: self.probe.exchange(),
+            reached: Arc::clone(&self.reached),
+        })
+    }
+}
+
+struct ProbeExchange {
+    inner: Box<dyn Exchange>,
+    reached: Arc<AtomicBool>,
+}
+
+impl ProbeExchange {
+    fn check(&self, next: Next) -> Next {
+        match next {
+            Next::Done(Err(Error::Transport { reason, .. })) => {
+                Next::Done(Err(Error::CredentialUnavailable {
+                    credential: "managed identity".to_owned(),
+                    reason: format!("no IMDS endpoint answered ({reason})"),
+                }))
+            }
+            Next::Done(outcome) => {
+                // Any answer, even an error, shows that IMDS is there.
+                self.reached.store(true, Ordering::Release);
+                Next::Done(outcome)
+            }
+            step => step,
+        }
+    }
+}
+
+impl Exchange for ProbeExchange {
+    fn start(&mut self, now: SystemTime) -> Next {
+        let next = self.inner.start(now);
+        self.check(next)
+    }
+
+    fn resume(&mut self, now: SystemTime, output: Result<StepOutput, Error>) -> Next {
+        let next = self.inner.resume(now, output);
+        self.check(next)
+    }
 }
 
 /// A credential that could not be built; each exchange returns why.

@@ -68,6 +68,11 @@ impl AuthorityHost {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Returns the token endpoint of `tenant_id`: `{host}/{tenant}/oauth2/v2.0/token`.
+    pub(crate) fn token_url(&self, tenant_id: &str) -> String {
+        format!("{}/{}/oauth2/v2.0/token", self.0, tenant_id)
+    }
 }
 
 impl Default for AuthorityHost {
@@ -88,20 +93,6 @@ pub(crate) fn is_loopback(authority: &str) -> bool {
     }
     host.parse::<std::net::Ipv4Addr>()
         .is_ok_and(|ip| ip.is_loopback())
-}
-
-/// Reads the optional `AZURE_AUTHORITY_HOST` through `lookup`; an empty value counts as
-/// unset. An invalid value is a configuration error naming the variable.
-pub(crate) fn authority_host_from_env(
-    lookup: &impl Fn(&str) -> Option<String>,
-) -> Result<Option<AuthorityHost>, Error> {
-    let Some(host) = lookup("AZURE_AUTHORITY_HOST").filter(|v| !v.is_empty()) else {
-        return Ok(None);
-    };
-    AuthorityHost::parse(&host).map(Some).map_err(|e| match e {
-        Error::Config { reason, .. } => Error::config("AZURE_AUTHORITY_HOST", reason),
-        other => other,
-    })
 }
 
 pub(crate) fn validate_tenant(tenant_id: &str) -> Result<(), Error> {
@@ -129,6 +120,32 @@ pub(crate) fn validate_client_id(client_id: &str) -> Result<(), Error> {
         ));
     }
     Ok(())
+}
+
+/// Reads the environment variable `name` through `lookup`; an empty value counts as
+/// missing.
+pub(crate) fn required_env(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &str,
+) -> Result<String, Error> {
+    lookup(name)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| Error::config(name, "the environment variable is not set"))
+}
+
+/// Reads the optional `AZURE_AUTHORITY_HOST` through `lookup`, naming the variable in
+/// errors.
+pub(crate) fn authority_host_from_env(
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<AuthorityHost>, Error> {
+    let name = "AZURE_AUTHORITY_HOST";
+    match lookup(name).filter(|v| !v.is_empty()) {
+        Some(host) => AuthorityHost::parse(&host).map(Some).map_err(|e| match e {
+            Error::Config { reason, .. } => Error::config(name, reason),
+            other => other,
+        }),
+        None => Ok(None),
+    }
 }
 
 /// A service principal that authenticates with a client secret.
@@ -172,23 +189,15 @@ impl ClientSecretCredential {
     ///
     /// An empty variable counts as missing.
     pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
-        let get = |name: &str| {
-            lookup(name)
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| Error::config(name, "the environment variable is not set"))
-        };
-        let credential = Self::new(
-            get("AZURE_TENANT_ID")?,
-            get("AZURE_CLIENT_ID")?,
-            get("AZURE_CLIENT_SECRET")?,
+        let mut credential = Self::new(
+            required_env(&lookup, "AZURE_TENANT_ID")?,
+            required_env(&lookup, "AZURE_CLIENT_ID")?,
+            required_env(&lookup, "AZURE_CLIENT_SECRET")?,
         )?;
-        match authority_host_from_env(&lookup)? {
-            Some(authority) => Ok(ClientSecretCredential {
-                authority,
-                ..credential
-            }),
-            None => Ok(credential),
+        if let Some(host) = authority_host_from_env(&lookup)? {
+            credential.authority = host;
         }
+        Ok(credential)
     }
 
     /// Uses another authority host, for a sovereign cloud or a local mock.
@@ -211,11 +220,7 @@ impl ClientSecretCredential {
 
     /// The token endpoint: `{authority}/{tenant}/oauth2/v2.0/token`.
     pub fn token_url(&self) -> String {
-        format!(
-            "{}/{}/oauth2/v2.0/token",
-            self.authority.as_str(),
-            self.tenant_id
-        )
+        self.authority.token_url(&self.tenant_id)
     }
 }
 

@@ -21,6 +21,11 @@ mod workload;
 
 pub use azure_cli::{AzureCliCredential, DEFAULT_CLI_TIMEOUT};
 pub use chain::{ChainOptions, ChainedCredential};
+#[cfg(feature = "certificate")]
+mod certificate;
+#[cfg(feature = "certificate")]
+pub use certificate::{ASSERTION_LIFETIME, ClientCertificate, ClientCertificateCredential};
+
 pub use credentials::{Credentials, Username};
 pub use entra::{AuthorityHost, ClientSecretCredential, DEFAULT_REQUEST_TIMEOUT, REDIS_SCOPE};
 pub use environment::EnvironmentCredential;

@@ -249,6 +249,12 @@ fn chain_from_env_selects_workload_identity() {
         ("AZURE_CLIENT_ID", CLIENT_ID.to_owned()),
         ("AZURE_FEDERATED_TOKEN_FILE", token_file),
         ("AZURE_AUTHORITY_HOST", server.base_url()),
+        // Managed identity comes after workload identity; should the chain ever reach
+        // it, IMDS is a closed loopback port, never the real metadata address.
+        (
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+            "http://127.0.0.1:1".to_owned(),
+        ),
     ]
     .into();
     let chain = ChainedCredential::from_env(|name| env.get(name).cloned()).unwrap();

@@ -3,6 +3,8 @@
 //!
 //! Enabled by the `blocking` feature (on by default).
 
+#[cfg(feature = "certificate")]
+mod certificate;
 mod connection;
 mod http;
 mod local_time;

@@ -53,8 +53,32 @@ enum First {
     Unavailable,
 }
 
+/// The IMDS token URL that a chain without managed-identity variables probes.
+const IMDS_URL: &str = "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fredis.azure.com";
+
+/// Answers a chain's IMDS probe as a host off Azure does: nothing listens. No request
+/// is sent; the exchange only receives the transport error.
+fn skip_imds_probe(exchange: &mut dyn Exchange, next: Next) -> Next {
+    match next {
+        Next::Step(Step::Http(request)) if request.url.starts_with(IMDS_URL) => {
+            assert_eq!(request.timeout, IMDS_PROBE_TIMEOUT);
+            let refused = Error::Transport {
+                reason: "connection refused".to_owned(),
+                timed_out: false,
+            };
+            exchange.resume(now(), Err(refused))
+        }
+        other => other,
+    }
+}
+
 fn first_step(chain: &ChainedCredential) -> First {
-    match chain.exchange().start(now()) {
+    let mut exchange = chain.exchange();
+    let mut next = exchange.start(now());
+    if chain.names().len() > 1 {
+        next = skip_imds_probe(exchange.as_mut(), next);
+    }
+    match next {
         Next::Step(Step::Http(request)) => First::Post(request.url),
         Next::Step(Step::ReadFile { path, .. }) => First::Read(path),
         Next::Step(Step::Run(program)) => First::Run(program.args),
@@ -220,10 +244,10 @@ fn environment_selects_credential() {
             entra_url(public),
         ),
         Case::new(
-            "managed identity alone",
+            "managed identity alone is not probed",
             vec![("AZURE_TOKEN_CREDENTIALS", "ManagedIdentityCredential")],
             vec!["managed identity"],
-            First::Unavailable,
+            First::Post(IMDS_URL.to_owned()),
         ),
         Case::new(
             "empty selection is the default",
@@ -276,7 +300,9 @@ fn unknown_selection_is_config_error() {
 #[test]
 fn all_unavailable_lists_each_reason() {
     let chain = chain_from(&[("AZURE_TOKEN_CREDENTIALS", "prod")]).unwrap();
-    let Next::Done(Err(error)) = chain.exchange().start(now()) else {
+    let mut exchange = chain.exchange();
+    let next = exchange.start(now());
+    let Next::Done(Err(error)) = skip_imds_probe(exchange.as_mut(), next) else {
         panic!("expected the exchange to end");
     };
     assert!(!error.is_transient());
@@ -294,8 +320,8 @@ fn all_unavailable_lists_each_reason() {
     );
     assert!(
         message.ends_with(
-            "; managed identity credential unavailable: this version of redis-entraid does \
-             not support managed identity yet)"
+            "; managed identity credential unavailable: no IMDS endpoint answered \
+             (connection refused))"
         ),
         "{message}"
     );
@@ -395,8 +421,9 @@ fn invalid_variables_stop_chain_when_reached() {
 fn azure_cli_success_is_selected() {
     let chain = chain_from(&[]).unwrap();
     let mut exchange = chain.exchange();
+    let next = exchange.start(now());
     assert_eq!(
-        match exchange.start(now()) {
+        match skip_imds_probe(exchange.as_mut(), next) {
             Next::Step(Step::Run(program)) => First::Run(program.args),
             other => panic!("expected the Azure CLI, got {other:?}"),
         },
@@ -552,5 +579,37 @@ fn debug_lists_credentials() {
         debug,
         "ChainedCredential { credentials: [\"environment\", \"workload identity\", \
          \"managed identity\", \"Azure CLI\"], selected: None }"
+    );
+}
+
+#[test]
+fn imds_probe_ends_after_first_answer() {
+    let chain = chain_from(&[("AZURE_TOKEN_CREDENTIALS", "prod")]).unwrap();
+    let mut exchange = chain.exchange();
+    let Next::Step(Step::Http(probe)) = exchange.start(now()) else {
+        panic!("expected the IMDS probe");
+    };
+    assert_eq!(probe.timeout, IMDS_PROBE_TIMEOUT);
+    let body = format!(
+        r#"{{"access_token":"{}","expires_in":"86399"}}"#,
+        jwt(T0 + 86399)
+    );
+    let response = HttpResponse {
+        status: 200,
+        headers: vec![],
+        body: body.into_bytes(),
+    };
+    let Next::Done(Ok(_)) = exchange.resume(now(), Ok(StepOutput::Http(response))) else {
+        panic!("expected a token from IMDS");
+    };
+    assert_eq!(chain.selected(), Some("managed identity"));
+    let Next::Step(Step::Http(request)) = chain.exchange().start(now()) else {
+        panic!("expected a managed-identity request");
+    };
+    assert!(request.url.starts_with(IMDS_URL), "{}", request.url);
+    assert!(
+        request.timeout > IMDS_PROBE_TIMEOUT,
+        "{:?}",
+        request.timeout
     );
 }

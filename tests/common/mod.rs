@@ -1,7 +1,8 @@
 //! Fixtures shared by the integration tests and the demo: unsigned JWTs, a private
-//! `redis-server`, and a mock Entra token endpoint on loopback.
+//! `redis-server`, a mock Entra token endpoint on loopback, and test certificates.
 #![allow(dead_code)] // Each test binary uses a different part of the fixtures.
 
+pub mod certs;
 pub mod jwt;
 pub mod redis_server;
 pub mod temp_dir;
