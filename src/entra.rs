@@ -51,7 +51,8 @@ impl AuthorityHost {
                 ),
             ));
         }
-        match scheme {
+        let scheme = scheme.to_ascii_lowercase();
+        match scheme.as_str() {
             "https" => {}
             "http" if is_loopback(authority) => {}
             _ => {
@@ -61,7 +62,7 @@ impl AuthorityHost {
                 ));
             }
         }
-        Ok(AuthorityHost(with_scheme))
+        Ok(AuthorityHost(format!("{scheme}://{rest}")))
     }
 
     /// The host URL without a trailing slash.
@@ -96,7 +97,8 @@ pub(crate) fn is_loopback(authority: &str) -> bool {
 }
 
 pub(crate) fn validate_tenant(tenant_id: &str) -> Result<(), Error> {
-    let valid = !tenant_id.is_empty()
+    // At least one letter or digit, so `.` and `..` cannot turn into URL path segments.
+    let valid = tenant_id.chars().any(|c| c.is_ascii_alphanumeric())
         && tenant_id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
@@ -171,7 +173,7 @@ impl ClientSecretCredential {
         let secret = secret.into();
         validate_tenant(&tenant_id)?;
         validate_client_id(&client_id)?;
-        if secret.expose_secret().is_empty() {
+        if secret.expose_secret().trim().is_empty() {
             return Err(Error::config("client secret", "the secret is empty"));
         }
         Ok(ClientSecretCredential {
@@ -283,6 +285,10 @@ mod tests {
             ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
             ("http://localhost:1", "http://localhost:1"),
             ("http://[::1]:9", "http://[::1]:9"),
+            (
+                "HTTPS://login.microsoftonline.com",
+                "https://login.microsoftonline.com",
+            ),
         ];
         for (input, expected) in cases {
             assert_eq!(
@@ -383,6 +389,15 @@ mod tests {
         assert!(
             err.to_string()
                 .starts_with("invalid tenant id: `bad/tenant`"),
+            "{err}"
+        );
+        for tenant in [".", "..", "-"] {
+            let err = ClientSecretCredential::new(tenant, "c", "s").unwrap_err();
+            assert!(err.to_string().starts_with("invalid tenant id"), "{err}");
+        }
+        let err = ClientSecretCredential::new("t", "c", "  ").unwrap_err();
+        assert!(
+            err.to_string().starts_with("invalid client secret"),
             "{err}"
         );
         let err = ClientSecretCredential::new("t", "", "s").unwrap_err();

@@ -51,7 +51,16 @@ impl RefreshPolicy {
     }
 
     /// Sets the first retry delay (default 1 s); it doubles on each failure.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `delay` is below 10 ms, which would let a failing endpoint be hit in a
+    /// tight loop.
     pub fn with_initial_backoff(mut self, delay: Duration) -> Self {
+        assert!(
+            delay >= Duration::from_millis(10),
+            "initial backoff must be at least 10 ms, got {delay:?}"
+        );
         self.initial_backoff = delay;
         self
     }
