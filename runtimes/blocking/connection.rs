@@ -70,7 +70,9 @@ impl EntraConnection {
     fn reconnect(&mut self) -> RedisResult<()> {
         self.connection = None;
         self.in_transaction = false;
-        let (generation, credentials) = self.provider.snapshot_timeout(first_token_wait());
+        let (generation, credentials) = self
+            .provider
+            .snapshot_timeout(self.provider.first_token_timeout());
         let credentials = credentials.map_err(to_redis_error)?;
         let settings = self
             .info
@@ -162,11 +164,6 @@ fn send_auth(connection: &mut redis::Connection, credentials: &Credentials) -> R
         .arg(credentials.username())
         .arg(credentials.password())
         .query::<()>(connection)
-}
-
-/// How long a reconnect waits for a first token; later tokens are already cached.
-fn first_token_wait() -> Duration {
-    super::provider::DEFAULT_FIRST_TOKEN_TIMEOUT
 }
 
 /// Reads the command name from a RESP-encoded command (`*N\r\n$len\r\nNAME\r\n…`).

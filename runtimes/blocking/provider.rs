@@ -79,6 +79,8 @@ impl ProviderBuilder {
 ///
 /// Clones share one renewal thread. The thread stops when the last clone is dropped;
 /// connections made from a provider hold a clone, so renewal lasts as long as they do.
+/// Dropping the last clone waits for the thread to end, which takes up to the request
+/// timeout (10 s by default) when a token request is in flight.
 #[derive(Clone)]
 pub struct EntraIdProvider {
     owner: Arc<Owner>,
@@ -166,6 +168,12 @@ impl EntraIdProvider {
                 Err(error) => return (generation, Err(error)),
             }
         }
+    }
+
+    /// How long connections and [`get_credentials`](Self::get_credentials) wait for the
+    /// first token.
+    pub fn first_token_timeout(&self) -> Duration {
+        self.first_token_timeout
     }
 
     /// Counts the credential changes so far; it moves when connections should
