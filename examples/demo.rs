@@ -77,7 +77,7 @@ struct Stats {
 fn run_locally() -> Result<(), String> {
     let started = Instant::now();
     let stamp = move || format!("[{:5.1}s]", started.elapsed().as_secs_f64());
-    let redis = RedisServer::start();
+    let redis = RedisServer::try_start()?;
     let endpoint = TokenEndpoint::start(TOKEN_LIFETIME, Some(redis.url()));
     println!(
         "{} redis-server on {}, mock Entra endpoint on {}",

@@ -18,6 +18,11 @@ impl RedisServer {
     /// Panics with installation advice when `redis-server` is not on `PATH`, and when the
     /// server does not answer within ten seconds.
     pub fn start() -> Self {
+        Self::try_start().unwrap_or_else(|message| panic!("{message}"))
+    }
+
+    /// Like [`start`](Self::start), returning the failure as a message instead.
+    pub fn try_start() -> Result<Self, String> {
         let port = free_port();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -25,16 +30,16 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap_or_else(|error| {
-                panic!(
-                    "cannot start redis-server ({error}); these tests need it on PATH: \
-                     install it with `apt-get install redis-server` (Debian, Ubuntu) or \
+            .map_err(|error| {
+                format!(
+                    "cannot start redis-server ({error}); it must be on PATH: install it \
+                     with `apt-get install redis-server` (Debian, Ubuntu) or \
                      `brew install redis` (macOS)"
                 )
-            });
+            })?;
         let server = RedisServer { child, port };
         server.wait_ready();
-        server
+        Ok(server)
     }
 
     fn wait_ready(&self) {
