@@ -30,3 +30,7 @@ pub use token::{Claims, Token};
 #[cfg(feature = "blocking")]
 #[path = "../runtimes/blocking/mod.rs"]
 pub mod blocking;
+
+#[cfg(feature = "blocking")]
+#[path = "../runtimes/io/mod.rs"]
+mod io;

@@ -4,9 +4,7 @@
 //! Enabled by the `blocking` feature (on by default).
 
 mod connection;
-mod http;
 mod provider;
-mod steps;
 
 pub use connection::EntraConnection;
 pub use provider::{DEFAULT_FIRST_TOKEN_TIMEOUT, EntraIdProvider, ProviderBuilder, Subscription};

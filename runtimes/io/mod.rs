@@ -1,0 +1,6 @@
+//! Performs the I/O steps of token exchanges for every adapter: HTTP requests with ureq,
+//! file reads and programs. All of it blocks, so async adapters call it on a blocking
+//! thread.
+
+pub(crate) mod http;
+pub(crate) mod steps;
