@@ -31,6 +31,18 @@ pub use token::{Claims, Token};
 #[path = "../runtimes/blocking/mod.rs"]
 pub mod blocking;
 
-#[cfg(feature = "blocking")]
+#[cfg(any(feature = "smol", feature = "async-std"))]
+#[path = "../runtimes/aio/mod.rs"]
+pub mod aio;
+
+#[cfg(feature = "smol")]
+#[path = "../runtimes/smol/mod.rs"]
+pub mod smol;
+
+#[cfg(feature = "async-std")]
+#[path = "../runtimes/async-std/mod.rs"]
+pub mod async_std;
+
+#[cfg(any(feature = "blocking", feature = "smol", feature = "async-std"))]
 #[path = "../runtimes/io/mod.rs"]
 mod io;
