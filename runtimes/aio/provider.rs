@@ -301,7 +301,8 @@ impl<R: Runtime> EntraIdProvider<R> {
     }
 
     /// Like [`get_credentials_async`](Self::get_credentials_async), waiting at most
-    /// `timeout` for the first token. With a zero timeout it never waits.
+    /// `timeout` for the first token. With a zero timeout it never waits, and fails with
+    /// [`Error::NotAcquired`] while the first token is still on its way.
     pub async fn get_credentials_timeout_async(
         &self,
         timeout: Duration,
@@ -319,9 +320,15 @@ impl<R: Runtime> EntraIdProvider<R> {
             })
             .await;
         found.unwrap_or_else(|| {
+            let inner = shared.lock();
+            if timeout.is_zero() {
+                // No wait was asked for: say why there are no credentials (not acquired
+                // yet), rather than that a wait timed out.
+                return inner.manager.credentials(SystemTime::now()).cloned();
+            }
             Err(Error::Timeout {
                 waited: started.elapsed(),
-                last_error: shared.lock().manager.last_error().cloned().map(Box::new),
+                last_error: inner.manager.last_error().cloned().map(Box::new),
             })
         })
     }

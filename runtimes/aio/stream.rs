@@ -159,10 +159,50 @@ impl<R: Runtime> StreamingCredentialsProvider for EntraIdProvider<R> {
     }
 }
 
+/// Maps a failure to hand out credentials to a `redis` error.
+///
+/// A transient failure (no token yet, expired token, endpoint unreachable) becomes an
+/// I/O error, because `ConnectionManager` (redis 1.8.2) tries a new connection after a
+/// failed one only when the error was an I/O error; with any other kind it returns
+/// the same error for every later command.
 fn to_redis_error(error: Error) -> RedisError {
     let kind = match error {
+        _ if error.is_transient() => ErrorKind::Io,
         Error::Config { .. } => ErrorKind::InvalidClientConfig,
         _ => ErrorKind::AuthenticationFailed,
     };
     RedisError::from((kind, "no Entra ID credentials", error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_errors_let_connection_manager_retry() {
+        let timeout = Error::Timeout {
+            waited: std::time::Duration::from_secs(30),
+            last_error: None,
+        };
+        let error = to_redis_error(timeout);
+        assert!(error.is_io_error(), "{error}");
+        assert!(
+            error.to_string().contains("no token after waiting 30.0 s"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn permanent_errors_are_authentication_failures() {
+        let error = to_redis_error(Error::ShutDown);
+        assert_eq!(error.kind(), ErrorKind::AuthenticationFailed);
+        let config = Error::Config {
+            setting: "AZURE_TENANT_ID".to_owned(),
+            reason: "missing".to_owned(),
+        };
+        assert_eq!(
+            to_redis_error(config).kind(),
+            ErrorKind::InvalidClientConfig
+        );
+    }
 }
