@@ -19,22 +19,21 @@ impl RedisServer {
     /// server does not answer within ten seconds.
     pub fn start() -> Self {
         let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|error| {
-                panic!(
-                    "cannot start redis-server ({error}); these tests need it on PATH: \
-                     install it with `apt-get install redis-server` (Debian, Ubuntu) or \
-                     `brew install redis` (macOS)"
-                )
-            });
-        let server = RedisServer { child, port };
+        let server = RedisServer {
+            child: spawn(port),
+            port,
+        };
         server.wait_ready();
         server
+    }
+
+    /// Stops the server and starts a new one on the same port, with an empty data set
+    /// and ACL, and waits until it answers `PING`. Clients see their connections closed.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(self.port);
+        self.wait_ready();
     }
 
     fn wait_ready(&self) {
@@ -89,6 +88,22 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn spawn(port: u16) -> Child {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|error| {
+            panic!(
+                "cannot start redis-server ({error}); these tests need it on PATH: \
+                 install it with `apt-get install redis-server` (Debian, Ubuntu) or \
+                 `brew install redis` (macOS)"
+            )
+        })
 }
 
 /// Returns a loopback port that was free a moment ago.
