@@ -2,6 +2,9 @@
 //! `redis-server`, and a mock Entra token endpoint on loopback.
 #![allow(dead_code)] // Each test binary uses a different part of the fixtures.
 
+#[cfg(any(feature = "smol", feature = "async-std"))]
+pub mod async_scenarios;
 pub mod jwt;
+pub mod plain_endpoint;
 pub mod redis_server;
 pub mod token_endpoint;
