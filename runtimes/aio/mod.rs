@@ -1,14 +1,15 @@
 //! The part of the smol and async-std adapters that does not depend on the runtime.
 //!
-//! [`EntraIdProvider`] runs the token manager in a task of the chosen runtime: the task
-//! sleeps on the runtime's timer until the manager's next deadline, runs each token
-//! exchange on the runtime's blocking thread pool, and wakes early for
-//! [`force_refresh`](EntraIdProvider::force_refresh) and shutdown. It implements the
-//! `redis` crate's [`StreamingCredentialsProvider`](redis::StreamingCredentialsProvider),
-//! so `MultiplexedConnection`, `ConnectionManager` and the async cluster client
+//! [`EntraIdProvider`] runs the token manager in a task of the chosen runtime. The task
+//! sleeps on the runtime's timer until the manager's next deadline and runs each token
+//! exchange on the runtime's blocking thread pool. It wakes early for
+//! [`force_refresh`](EntraIdProvider::force_refresh) and shutdown. The provider
+//! implements the `redis` crate's
+//! [`StreamingCredentialsProvider`](redis::StreamingCredentialsProvider), so
+//! `MultiplexedConnection`, `ConnectionManager` and the async cluster client
 //! re-authenticate after each renewal.
 //!
-//! Use it through [`crate::smol`] or [`crate::async_std`], which fix the runtime.
+//! Use it through the `smol` or `async_std` module of this crate, which fix the runtime.
 
 mod provider;
 mod stream;
@@ -21,7 +22,7 @@ pub use stream::CredentialsStream;
 
 /// The three services the adapters take from an async runtime.
 ///
-/// Implemented by [`crate::smol::Smol`] and [`crate::async_std::AsyncStd`]; the trait is
+/// Implemented by `smol::Smol` and `async_std::AsyncStd` of this crate. The trait is
 /// sealed, so the set of runtimes can grow without breaking callers.
 pub trait Runtime: sealed::Sealed + Send + Sync + 'static {
     /// Completes after `duration`, on the runtime's own timer.

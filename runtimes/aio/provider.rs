@@ -57,8 +57,8 @@ impl<R: Runtime> ProviderBuilder<R> {
 
     /// Spawns the renewal task, which requests the first token at once.
     ///
-    /// Call it where the runtime can spawn tasks: inside `block_on` for async-std; for
-    /// smol anywhere, because the task runs on smol's global executor.
+    /// It can be called from any thread, inside or outside `block_on`, because smol and
+    /// async-std both spawn onto a global executor.
     pub fn start(self) -> EntraIdProvider<R> {
         let seed = RandomState::new().hash_one(SystemTime::now());
         let shared = Arc::new(Shared {
@@ -117,8 +117,8 @@ impl Drop for Owner {
 /// The state the renewal task shares with the handles.
 pub(super) struct Shared {
     inner: Mutex<Inner>,
-    /// Counts credential changes; written only while `inner` is locked, so a reader that
-    /// holds the lock sees the count that matches the manager's credentials.
+    /// Number of credential changes. It is written only while `inner` is locked, so a
+    /// reader that holds the lock reads the count that matches the manager's credentials.
     generation: AtomicU64,
     /// Wakes the renewal task for a forced refresh or shutdown.
     renewal: AtomicWaker,
@@ -243,7 +243,7 @@ impl Shared {
     /// Waits until `check` returns a value, running it again after each change the
     /// renewal task publishes. Returns `None` when `timeout` passes first.
     ///
-    /// `check` sees the manager with the generation that matches it. `watcher` is created
+    /// `check` gets the manager with the generation that matches it. `watcher` is created
     /// on the first wait and can be reused by later waits of the same caller.
     pub(super) async fn wait_until<R: Runtime, T>(
         &self,
@@ -322,8 +322,8 @@ impl<R: Runtime> EntraIdProvider<R> {
         found.unwrap_or_else(|| {
             let inner = shared.lock();
             if timeout.is_zero() {
-                // No wait was asked for: say why there are no credentials (not acquired
-                // yet), rather than that a wait timed out.
+                // The caller requested no wait, so report why there are no credentials
+                // (not acquired yet) rather than a timed-out wait.
                 return inner.manager.credentials(SystemTime::now()).cloned();
             }
             Err(Error::Timeout {
@@ -358,7 +358,7 @@ impl<R: Runtime> EntraIdProvider<R> {
         self.shared().shut_down();
     }
 
-    /// The name of the token source, such as `client secret`.
+    /// Returns the name of the token source, such as `client secret`.
     pub fn source_name(&self) -> &str {
         &self.shared().source_name
     }
@@ -382,8 +382,8 @@ impl<R> fmt::Debug for EntraIdProvider<R> {
     }
 }
 
-/// The renewal task: it sleeps until the manager's next deadline, runs each token
-/// exchange on a blocking thread, and holds no lock while a request is in flight.
+/// Renews tokens until shutdown: sleeps until the manager's next deadline, runs each
+/// token exchange on a blocking thread, and keeps no lock while a request is in flight.
 async fn renew<R: Runtime>(shared: Arc<Shared>, source: Arc<dyn TokenSource>) {
     debug!("token renewal started for {}", shared.source_name);
     let agent = http::agent();

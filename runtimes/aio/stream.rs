@@ -19,7 +19,7 @@ use crate::{Credentials, Error};
 ///
 /// The first item waits up to the provider's first-token timeout for credentials that
 /// have not expired. It is an error if none arrive by then, or at once if the first token
-/// failed for good; either way, the items after it are changes only. Each later item is
+/// failed for good. Either way, the items after it are changes only. Each later item is
 /// the newest credentials at the time the stream is polled, so a stream that is polled
 /// rarely, or never, skips the values in between and holds nothing up: the renewal task
 /// only bumps a counter and wakes the stream. Credentials that have already expired are
@@ -61,7 +61,7 @@ impl fmt::Debug for CredentialsStream {
     }
 }
 
-/// Where a stream stands: the generation it last returned, `None` before the first item.
+/// Position of a stream: the generation it last returned, `None` before the first item.
 struct Cursor<R> {
     provider: EntraIdProvider<R>,
     seen: Option<u64>,
@@ -162,9 +162,9 @@ impl<R: Runtime> StreamingCredentialsProvider for EntraIdProvider<R> {
 /// Maps a failure to hand out credentials to a `redis` error.
 ///
 /// A transient failure (no token yet, expired token, endpoint unreachable) becomes an
-/// I/O error, because `ConnectionManager` (redis 1.8.2) tries a new connection after a
-/// failed one only when the error was an I/O error; with any other kind it returns
-/// the same error for every later command.
+/// I/O error. `ConnectionManager` (redis 1.8.2) tries a new connection after a failed one
+/// only when the error was an I/O error. With any other kind it returns the same error
+/// for every later command.
 fn to_redis_error(error: Error) -> RedisError {
     let kind = match error {
         _ if error.is_transient() => ErrorKind::Io,

@@ -24,7 +24,7 @@ use super::redis_server::RedisServer;
 /// Tokens live 4 s and are refreshed 2 s before expiry, so a renewal lands every 2 s.
 const LIFETIME: Duration = Duration::from_secs(4);
 const MARGIN: Duration = Duration::from_secs(2);
-/// The longest any wait for a renewal may take: one token lifetime.
+/// The maximum wait for one renewal: one token lifetime.
 const RENEWAL_LIMIT: Duration = LIFETIME;
 const TASKS: usize = 4;
 
@@ -52,21 +52,29 @@ fn start<R: TestRuntime>() -> (RedisServer, PlainTokenEndpoint, EntraIdProvider<
     (redis, endpoint, provider)
 }
 
-/// Awaits `future`, failing the test with `what` after `limit`.
-async fn within<R: Runtime, T>(limit: Duration, what: &str, future: impl Future<Output = T>) -> T {
+/// Awaits `future`, failing the test with `description` after `limit`.
+async fn within<R: Runtime, T>(
+    limit: Duration,
+    description: &str,
+    future: impl Future<Output = T>,
+) -> T {
     match select(pin!(future), pin!(R::sleep(limit))).await {
         Either::Left((output, _)) => output,
-        Either::Right(_) => panic!("{what}: not done after {limit:?}"),
+        Either::Right(_) => panic!("{description}: not done after {limit:?}"),
     }
 }
 
 /// Checks `condition` every 20 ms until it holds, failing the test after `limit`.
-async fn eventually<R: Runtime>(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+async fn eventually<R: Runtime>(
+    limit: Duration,
+    description: &str,
+    mut condition: impl FnMut() -> bool,
+) {
     let deadline = Instant::now() + limit;
     while !condition() {
         assert!(
             Instant::now() < deadline,
-            "{what}: not true after {limit:?}"
+            "{description}: not true after {limit:?}"
         );
         R::sleep(Duration::from_millis(20)).await;
     }
@@ -173,7 +181,7 @@ async fn join_workers<R: Runtime>(stop: &AtomicBool, workers: Vec<Worker>) {
     }
 }
 
-/// A `MultiplexedConnection` serves commands from several tasks through three renewals
+/// Checks that a `MultiplexedConnection` serves commands from several tasks through three renewals
 /// and sends one `AUTH` per new token.
 pub async fn multiplexed_through_renewals<R: TestRuntime>() {
     let (redis, endpoint, provider) = start::<R>();
@@ -200,7 +208,7 @@ pub async fn multiplexed_through_renewals<R: TestRuntime>() {
     );
 }
 
-/// A `ConnectionManager` serves commands from several tasks through renewals and a
+/// Checks that a `ConnectionManager` serves commands from several tasks through renewals and a
 /// server restart, after which the server accepts only the current token.
 pub async fn manager_survives_restart<R: TestRuntime>() {
     let (redis, endpoint, provider) = start::<R>();
@@ -273,8 +281,9 @@ fn restart_accepting_only(mut redis: RedisServer, current: &Credentials) -> Redi
     redis
 }
 
-/// A stream that is never polled, and one polled once, hold up neither renewal nor the
-/// other subscribers; when they are polled at last they see only the newest credentials.
+/// Checks that a stream that is never polled, and one polled once, hold up neither
+/// renewal nor the other subscribers. When they are polled at last, they return only the
+/// newest credentials.
 pub async fn stalled_subscriber_does_not_delay_renewal<R: TestRuntime>() {
     let endpoint = PlainTokenEndpoint::start(LIFETIME, None);
     let provider = EntraIdProvider::<R>::builder(endpoint.credential())
@@ -321,7 +330,7 @@ pub async fn stalled_subscriber_does_not_delay_renewal<R: TestRuntime>() {
     assert!(end.is_none(), "stream goes on after shutdown");
 }
 
-/// A RESP3 connection stays subscribed through renewals, re-authenticates in-band and
+/// Checks that a RESP3 connection stays subscribed through renewals, re-authenticates in-band and
 /// keeps receiving messages.
 pub async fn resp3_subscriber_keeps_receiving<R: TestRuntime>() {
     let (redis, _endpoint, provider) = start::<R>();
@@ -366,8 +375,8 @@ pub async fn resp3_subscriber_keeps_receiving<R: TestRuntime>() {
     for renewal in 1..=3 {
         wait_for_generation(&provider, first_generation + renewal).await;
         let renewed_at = Instant::now();
-        let what = format!("a message after renewal {renewal}");
-        eventually::<R>(Duration::from_secs(2), &what, || {
+        let description = format!("a message after renewal {renewal}");
+        eventually::<R>(Duration::from_secs(2), &description, || {
             received.lock().unwrap().iter().any(|at| *at > renewed_at)
         })
         .await;
@@ -389,9 +398,9 @@ pub async fn resp3_subscriber_keeps_receiving<R: TestRuntime>() {
     assert!(received <= published.load(Ordering::SeqCst));
 }
 
-/// While the identity endpoint never answers, waiting for the first token times out on
-/// time, the executor thread keeps running other work, and a zero-timeout call returns
-/// at once.
+/// Checks that while the identity endpoint never responds, waiting for the first token
+/// times out on time, the executor thread keeps running other work, and a zero-timeout
+/// call returns at once.
 pub async fn first_token_wait_never_blocks_executor<R: TestRuntime>() {
     let silent = SilentEndpoint::start();
     let credential = silent
@@ -423,10 +432,10 @@ pub async fn first_token_wait_never_blocks_executor<R: TestRuntime>() {
     let ticks = ticks.load(Ordering::SeqCst);
     assert!(ticks >= 20, "only {ticks} ticks while waiting");
 
-    let asked = Instant::now();
+    let requested_at = Instant::now();
     let now = provider.get_credentials_timeout_async(Duration::ZERO).await;
     assert!(matches!(now, Err(Error::NotAcquired { .. })), "{now:?}");
-    assert!(asked.elapsed() < Duration::from_millis(100));
+    assert!(requested_at.elapsed() < Duration::from_millis(100));
 
     // A connection's first credentials time out the same way, as an I/O error, so a
     // ConnectionManager tries again later.
@@ -436,8 +445,8 @@ pub async fn first_token_wait_never_blocks_executor<R: TestRuntime>() {
     assert!(error.is_io_error(), "{error}");
 }
 
-/// Renewal goes on while a connection holds the provider's stream, after every other
-/// handle is gone; dropping the connection stops it.
+/// Checks that renewal goes on while a connection keeps the provider's stream, after
+/// every other handle is gone, and that dropping the connection stops it.
 pub async fn connection_keeps_renewal_alive<R: TestRuntime>() {
     let (redis, endpoint, provider) = start::<R>();
     let client = Client::open(redis.url()).unwrap();

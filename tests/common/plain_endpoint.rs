@@ -45,17 +45,17 @@ impl PlainTokenEndpoint {
         }
     }
 
-    /// The endpoint's URL, such as `http://127.0.0.1:41234`.
+    /// Returns the endpoint's URL, such as `http://127.0.0.1:41234`.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.address)
     }
 
-    /// A client-secret credential pointed at this endpoint.
+    /// Returns a client-secret credential pointed at this endpoint.
     pub fn credential(&self) -> ClientSecretCredential {
         credential_for(&self.base_url())
     }
 
-    /// All tokens issued so far, oldest first.
+    /// Returns all tokens issued so far, oldest first.
     pub fn issued(&self) -> Vec<Issued> {
         self.issuer.issued()
     }
@@ -74,7 +74,7 @@ impl PlainTokenEndpoint {
 impl Drop for PlainTokenEndpoint {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Unblock accept() so the loop sees the flag.
+        // Unblock accept() so the loop reads the flag.
         let _ = TcpStream::connect(self.address);
         if let Some(server) = self.server.take() {
             let _ = server.join();
@@ -82,22 +82,23 @@ impl Drop for PlainTokenEndpoint {
     }
 }
 
-/// Answers one request per connection, one connection at a time.
+/// Serves one request per connection, one connection at a time.
 fn serve(listener: &TcpListener, issuer: &Issuer, stop: &AtomicBool) {
     for stream in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             return;
         }
         if let Ok(stream) = stream {
-            // A client that breaks off mid-request only loses its own answer.
-            let _ = answer(stream, issuer);
+            // A client that breaks off mid-request only loses its own response.
+            let _ = respond(stream, issuer);
         }
     }
 }
 
-fn answer(stream: TcpStream, issuer: &Issuer) -> std::io::Result<()> {
+fn respond(stream: TcpStream, issuer: &Issuer) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(stream);
+
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
     let mut content_length = 0;
@@ -114,6 +115,7 @@ fn answer(stream: TcpStream, issuer: &Issuer) -> std::io::Result<()> {
     }
     let mut body = vec![0; content_length.min(MAX_BODY)];
     reader.read_exact(&mut body)?;
+
     let expected = format!("POST {} ", token_path());
     let (status, body) = if request_line.starts_with(&expected) {
         ("200 OK", issuer.issue())
@@ -129,7 +131,7 @@ fn answer(stream: TcpStream, issuer: &Issuer) -> std::io::Result<()> {
 }
 
 /// A loopback port that accepts TCP connections (the kernel completes the handshake)
-/// but never reads or answers; it closes when dropped.
+/// but never reads or responds; it closes when dropped.
 pub struct SilentEndpoint {
     listener: TcpListener,
 }
@@ -142,7 +144,7 @@ impl SilentEndpoint {
         }
     }
 
-    /// A client-secret credential pointed at this endpoint.
+    /// Returns a client-secret credential pointed at this endpoint.
     pub fn credential(&self) -> ClientSecretCredential {
         let address = self.listener.local_addr().unwrap();
         credential_for(&format!("http://{address}"))
