@@ -1,6 +1,5 @@
 //! The async-std adapter against a real `redis-server` and a mock token endpoint, each test
 //! under `async_std::task::block_on`.
-#![cfg(feature = "async-std")]
 
 mod common;
 

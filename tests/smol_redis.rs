@@ -1,6 +1,5 @@
 //! The smol adapter against a real `redis-server` and a mock token endpoint, each test
 //! under `smol::block_on`.
-#![cfg(feature = "smol")]
 
 mod common;
 
