@@ -46,3 +46,19 @@ pub use workload::{MAX_ASSERTION_LEN, WorkloadIdentityCredential};
 #[cfg(feature = "blocking")]
 #[path = "../runtimes/blocking/mod.rs"]
 pub mod blocking;
+
+#[cfg(any(feature = "smol", feature = "async-std"))]
+#[path = "../runtimes/aio/mod.rs"]
+pub mod aio;
+
+#[cfg(feature = "smol")]
+#[path = "../runtimes/smol/mod.rs"]
+pub mod smol;
+
+#[cfg(feature = "async-std")]
+#[path = "../runtimes/async-std/mod.rs"]
+pub mod async_std;
+
+#[cfg(any(feature = "blocking", feature = "smol", feature = "async-std"))]
+#[path = "../runtimes/io/mod.rs"]
+mod io;

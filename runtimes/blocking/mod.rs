@@ -6,11 +6,8 @@
 #[cfg(feature = "certificate")]
 mod certificate;
 mod connection;
-mod http;
 mod local_time;
-mod pinned_tls;
 mod provider;
-mod steps;
 
 pub use connection::EntraConnection;
 pub use local_time::system_utc_offset;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use log::debug;
 
-use super::{http, steps};
+use crate::io::{http, steps};
 use crate::{
     Action, Credentials, Error, Event, RefreshPolicy, TokenManager, TokenSource, Username,
 };

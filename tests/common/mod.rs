@@ -2,8 +2,11 @@
 //! `redis-server`, a mock Entra token endpoint on loopback, and test certificates.
 #![allow(dead_code)] // Each test binary uses a different part of the fixtures.
 
+#[cfg(any(feature = "smol", feature = "async-std"))]
+pub mod async_scenarios;
 pub mod certs;
 pub mod jwt;
+pub mod plain_endpoint;
 pub mod redis_server;
 pub mod temp_dir;
 pub mod token_endpoint;

@@ -21,25 +21,24 @@ impl RedisServer {
         Self::try_start().unwrap_or_else(|message| panic!("{message}"))
     }
 
-    /// Like [`start`](Self::start), returning the failure as a message instead.
+    /// Like [`start`](Self::start), returning a missing `redis-server` as a message.
     pub fn try_start() -> Result<Self, String> {
         let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|error| {
-                format!(
-                    "cannot start redis-server ({error}); it must be on PATH: install it \
-                     with `apt-get install redis-server` (Debian, Ubuntu) or \
-                     `brew install redis` (macOS)"
-                )
-            })?;
-        let server = RedisServer { child, port };
+        let server = RedisServer {
+            child: spawn(port)?,
+            port,
+        };
         server.wait_ready();
         Ok(server)
+    }
+
+    /// Stops the server and starts a new one on the same port, with an empty data set
+    /// and ACL, and waits until it answers `PING`. Clients see their connections closed.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(self.port).unwrap_or_else(|message| panic!("{message}"));
+        self.wait_ready();
     }
 
     fn wait_ready(&self) {
@@ -94,6 +93,22 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn spawn(port: u16) -> Result<Child, String> {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|error| {
+            format!(
+                "cannot start redis-server ({error}); it must be on PATH: install it with \
+                 `apt-get install redis-server` (Debian, Ubuntu) or `brew install redis` \
+                 (macOS)"
+            )
+        })
 }
 
 /// Returns a loopback port that was free a moment ago.

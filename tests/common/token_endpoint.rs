@@ -38,9 +38,7 @@ struct State {
 /// The mock endpoint; the server stops when this is dropped.
 pub struct TokenEndpoint {
     pub server: MockServer,
-    state: Arc<State>,
-    stop: Arc<AtomicBool>,
-    reaper: Option<JoinHandle<()>>,
+    issuer: Arc<Issuer>,
 }
 
 impl TokenEndpoint {
@@ -50,6 +48,62 @@ impl TokenEndpoint {
     /// `OID`, and is removed again when it expires, as Azure accepts a token only until its
     /// `exp`.
     pub fn start(lifetime: Duration, redis_url: Option<String>) -> Self {
+        let issuer = Issuer::start(lifetime, redis_url);
+        let server = MockServer::start();
+        let responder = Arc::clone(&issuer);
+        server.mock(|when, then| {
+            when.method(POST).path(token_path());
+            then.respond_with(move |_| {
+                HttpMockResponse::builder()
+                    .status(200)
+                    .header("content-type", "application/json")
+                    .body(responder.issue())
+                    .build()
+            });
+        });
+        TokenEndpoint { server, issuer }
+    }
+
+    /// A client-secret credential pointed at this mock.
+    pub fn credential(&self) -> ClientSecretCredential {
+        credential_for(&self.server.base_url())
+    }
+
+    /// All tokens issued so far, oldest first.
+    pub fn issued(&self) -> Vec<Issued> {
+        self.issuer.issued()
+    }
+
+    /// Makes the endpoint answer with the last issued token again (`true`), as a
+    /// managed-identity cache does, or issue fresh ones (`false`).
+    pub fn repeat_last_token(&self, repeat: bool) {
+        self.issuer.repeat_last_token(repeat);
+    }
+
+    /// Counts the token requests served.
+    pub fn requests(&self) -> u64 {
+        self.issuer.requests()
+    }
+}
+
+/// A client-secret credential for the mock tenant at `base_url`.
+pub fn credential_for(base_url: &str) -> ClientSecretCredential {
+    ClientSecretCredential::new(TENANT, CLIENT_ID, CLIENT_SECRET)
+        .unwrap()
+        .with_authority_host(base_url)
+        .unwrap()
+}
+
+/// Issues tokens and keeps the Redis ACL in step with them, for any HTTP front end.
+pub struct Issuer {
+    state: Arc<State>,
+    stop: Arc<AtomicBool>,
+    reaper: Option<JoinHandle<()>>,
+}
+
+impl Issuer {
+    /// Starts issuing tokens valid for `lifetime`; see [`TokenEndpoint::start`].
+    pub fn start(lifetime: Duration, redis_url: Option<String>) -> Arc<Self> {
         let state = Arc::new(State {
             issued: Mutex::new(Vec::new()),
             serial: AtomicU64::new(0),
@@ -57,32 +111,22 @@ impl TokenEndpoint {
             redis_url,
             lifetime,
         });
-        let server = MockServer::start();
-        let responder = Arc::clone(&state);
-        server.mock(|when, then| {
-            when.method(POST).path(token_path());
-            then.respond_with(move |_| issue(&responder));
-        });
         let stop = Arc::new(AtomicBool::new(false));
         let reaper = state.redis_url.as_ref().map(|_| {
             let state = Arc::clone(&state);
             let stop = Arc::clone(&stop);
             std::thread::spawn(move || reap_expired(&state, &stop))
         });
-        TokenEndpoint {
-            server,
+        Arc::new(Issuer {
             state,
             stop,
             reaper,
-        }
+        })
     }
 
-    /// A client-secret credential pointed at this mock.
-    pub fn credential(&self) -> ClientSecretCredential {
-        ClientSecretCredential::new(TENANT, CLIENT_ID, CLIENT_SECRET)
-            .unwrap()
-            .with_authority_host(&self.server.base_url())
-            .unwrap()
+    /// Issues a token and returns the body of a successful token response.
+    pub fn issue(&self) -> String {
+        issue(&self.state)
     }
 
     /// All tokens issued so far, oldest first.
@@ -90,8 +134,7 @@ impl TokenEndpoint {
         self.state.issued.lock().unwrap().clone()
     }
 
-    /// Makes the endpoint answer with the last issued token again (`true`), as a
-    /// managed-identity cache does, or issue fresh ones (`false`).
+    /// See [`TokenEndpoint::repeat_last_token`].
     pub fn repeat_last_token(&self, repeat: bool) {
         self.state.repeat.store(repeat, Ordering::SeqCst);
     }
@@ -100,9 +143,26 @@ impl TokenEndpoint {
     pub fn requests(&self) -> u64 {
         self.state.serial.load(Ordering::SeqCst)
     }
+
+    /// Adds every issued token that is still valid for more than a second to the ACL
+    /// again, after the server restarted with an empty one. A token that expires sooner
+    /// stays rejected.
+    pub fn restore_acl(&self) {
+        let Some(url) = &self.state.redis_url else {
+            return;
+        };
+        let valid: Vec<Issued> = {
+            let issued = self.state.issued.lock().unwrap();
+            let now = unix_now();
+            issued.iter().filter(|i| i.exp > now + 1).cloned().collect()
+        };
+        for entry in valid {
+            allow_token(url, entry.token.expose_secret());
+        }
+    }
 }
 
-impl Drop for TokenEndpoint {
+impl Drop for Issuer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(reaper) = self.reaper.take() {
@@ -133,7 +193,7 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-fn issue(state: &State) -> HttpMockResponse {
+fn issue(state: &State) -> String {
     let serial = state.serial.fetch_add(1, Ordering::SeqCst) + 1;
     let mut issued = state.issued.lock().unwrap();
     let reuse = state.repeat.load(Ordering::SeqCst) && !issued.is_empty();
@@ -152,15 +212,22 @@ fn issue(state: &State) -> HttpMockResponse {
         entry
     };
     let expires_in = entry.exp.saturating_sub(unix_now());
-    HttpMockResponse::builder()
-        .status(200)
-        .header("content-type", "application/json")
-        .body(token_body(entry.token.expose_secret(), expires_in))
-        .build()
+    token_body(entry.token.expose_secret(), expires_in)
 }
 
-fn acl(url: &str, change: &str) {
-    let mut admin = redis::Client::open(url).unwrap().get_connection().unwrap();
+/// Changes the ACL user named after `OID`. While the server restarts (see
+/// `RedisServer::restart`), connecting is retried for up to five seconds.
+fn acl(url: &str, change: &str) -> redis::RedisResult<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut admin = loop {
+        match redis::Client::open(url)?.get_connection() {
+            Ok(admin) => break admin,
+            Err(error) if error.is_io_error() && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(error) => return Err(error),
+        }
+    };
     redis::cmd("ACL")
         .arg("SETUSER")
         .arg(OID)
@@ -170,11 +237,19 @@ fn acl(url: &str, change: &str) {
         .arg("&*")
         .arg("+@all")
         .query::<()>(&mut admin)
-        .unwrap();
 }
 
 fn allow_token(url: &str, token: &str) {
-    acl(url, &format!(">{token}"));
+    acl(url, &format!(">{token}")).unwrap();
+}
+
+fn remove_token(url: &str, token: &str) {
+    match acl(url, &format!("<{token}")) {
+        Ok(()) => {}
+        // A restarted server never had the password: it is rejected, as it should be.
+        Err(error) if error.to_string().contains("does not exist") => {}
+        Err(error) => panic!("cannot remove an expired token from the ACL: {error}"),
+    }
 }
 
 /// Removes the passwords of expired tokens every 100 ms.
@@ -191,7 +266,7 @@ fn reap_expired(state: &State, stop: &AtomicBool) {
                 .collect()
         };
         for entry in expired.iter().skip(removed) {
-            acl(url, &format!("<{}", entry.token.expose_secret()));
+            remove_token(url, entry.token.expose_secret());
         }
         removed = removed.max(expired.len());
         std::thread::sleep(Duration::from_millis(100));

@@ -28,7 +28,7 @@ pub(crate) fn run_exchange(agent: &ureq::Agent, source: &dyn TokenSource) -> Res
 }
 
 /// Performs one step.
-pub(crate) fn perform(agent: &ureq::Agent, step: Step) -> Result<StepOutput, Error> {
+fn perform(agent: &ureq::Agent, step: Step) -> Result<StepOutput, Error> {
     match step {
         Step::Http(request) => http::send(agent, &request).map(StepOutput::Http),
         Step::ReadFile { path, max_len } => read_file(&path, max_len).map(StepOutput::File),
