@@ -74,6 +74,21 @@ struct Stats {
     stop: AtomicBool,
 }
 
+/// The number of failures printed; later ones are only counted.
+const PRINTED_FAILURES: u64 = 10;
+
+impl Stats {
+    fn record_failure(&self, message: &str) {
+        let count = self.failed.fetch_add(1, Ordering::SeqCst) + 1;
+        if count <= PRINTED_FAILURES {
+            eprintln!("{message}");
+        }
+        if count == PRINTED_FAILURES {
+            eprintln!("further failures are counted, not printed");
+        }
+    }
+}
+
 fn run_locally() -> Result<(), String> {
     let started = Instant::now();
     let stamp = move || format!("[{:5.1}s]", started.elapsed().as_secs_f64());
@@ -188,12 +203,10 @@ fn command_loop(id: usize, connection: &mut EntraConnection, stats: &Stats, seen
                 stats.ok.fetch_add(2, Ordering::SeqCst);
             }
             Ok(value) => {
-                eprintln!("connection {id}: read {value}, expected {n}");
-                stats.failed.fetch_add(1, Ordering::SeqCst);
+                stats.record_failure(&format!("connection {id}: read {value}, expected {n}"))
             }
             Err(error) => {
-                eprintln!("connection {id}: command failed: {error}");
-                stats.failed.fetch_add(1, Ordering::SeqCst);
+                stats.record_failure(&format!("connection {id}: command failed: {error}"))
             }
         }
         seen.store(connection.authentications(), Ordering::SeqCst);
@@ -208,11 +221,10 @@ fn reconnect_loop(url: &str, provider: &EntraIdProvider, stats: &Stats) {
         let result = EntraConnection::open(url, provider)
             .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
         match result {
-            Ok(_) => stats.ok.fetch_add(1, Ordering::SeqCst),
-            Err(error) => {
-                eprintln!("new connection failed: {error}");
-                stats.failed.fetch_add(1, Ordering::SeqCst)
+            Ok(_) => {
+                stats.ok.fetch_add(1, Ordering::SeqCst);
             }
+            Err(error) => stats.record_failure(&format!("new connection failed: {error}")),
         };
         thread::sleep(Duration::from_secs(2));
     }

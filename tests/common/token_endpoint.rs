@@ -239,8 +239,16 @@ fn acl(url: &str, change: &str) -> redis::RedisResult<()> {
         .query::<()>(&mut admin)
 }
 
+/// Adds `token` to the ACL. A failure (Redis is gone) is reported without panicking, so
+/// the demo and tests fail on the commands that follow, with the real cause on stderr.
+/// Only the error kind is printed, because the message could echo the token.
 fn allow_token(url: &str, token: &str) {
-    acl(url, &format!(">{token}")).unwrap();
+    if let Err(error) = acl(url, &format!(">{token}")) {
+        eprintln!(
+            "mock token endpoint: cannot add a token to the Redis ACL: {:?}",
+            error.kind()
+        );
+    }
 }
 
 fn remove_token(url: &str, token: &str) {
@@ -248,7 +256,10 @@ fn remove_token(url: &str, token: &str) {
         Ok(()) => {}
         // A restarted server never had the password: it is rejected, as it should be.
         Err(error) if error.to_string().contains("does not exist") => {}
-        Err(error) => panic!("cannot remove an expired token from the ACL: {error}"),
+        Err(error) => eprintln!(
+            "mock token endpoint: cannot remove an expired token from the Redis ACL: {:?}",
+            error.kind()
+        ),
     }
 }
 
