@@ -7,7 +7,7 @@ use crate::error::{Error, TokenError};
 use crate::secret::Secret;
 use crate::token::Token;
 
-/// Where the Redis username comes from.
+/// The source of the Redis username.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Username {

@@ -34,12 +34,12 @@ pub enum Error {
     Config {
         /// The setting, for example `AZURE_TENANT_ID` or `authority host`.
         setting: String,
-        /// What is wrong with it and how to fix it.
+        /// The problem and how to fix it.
         reason: String,
     },
     /// The token request could not be sent, or its response could not be read.
     Transport {
-        /// What failed, without secrets.
+        /// The failure, without secrets.
         reason: String,
         /// Whether the request timed out.
         timed_out: bool,
@@ -53,13 +53,13 @@ pub enum Error {
         /// The operating system's message.
         reason: String,
     },
-    /// The identity endpoint answered with an error.
+    /// The identity endpoint returned an error.
     IdentityEndpoint(EndpointError),
-    /// The identity endpoint answered with a body this crate cannot read.
+    /// The identity endpoint returned a body this crate cannot read.
     InvalidResponse {
         /// HTTP status of the response.
         status: u16,
-        /// What is wrong with the body (the body itself is never included).
+        /// The problem with the body (the body itself is never included).
         reason: String,
     },
     /// The access token cannot be used for Redis.

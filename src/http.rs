@@ -116,7 +116,7 @@ pub struct HttpResponse {
     pub status: u16,
     /// Header names and values.
     pub headers: Vec<(String, String)>,
-    /// The body, which holds the access token on success.
+    /// The body, which contains the access token on success.
     pub body: Vec<u8>,
 }
 

@@ -10,7 +10,7 @@ use crate::error::Error;
 use crate::policy::RefreshPolicy;
 use crate::token::Token;
 
-/// Where the token lifecycle stands.
+/// The phase of the token lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum State {
@@ -27,7 +27,7 @@ pub enum State {
     Failed,
 }
 
-/// What the driver must do next.
+/// The next thing the driver must do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
 pub enum Action {
@@ -48,8 +48,8 @@ pub enum Action {
 pub enum Event {
     /// New credentials are in effect; connections should re-authenticate.
     CredentialsChanged(Credentials),
-    /// A request failed; another follows at `retry_at`. `token_valid` says whether the
-    /// current credentials still work.
+    /// A request failed, and another follows at `retry_at`. `token_valid` tells whether
+    /// the current credentials still work.
     RefreshFailed {
         /// The failure.
         error: Error,
@@ -79,7 +79,7 @@ struct Current {
 /// 3. drain [`poll_event`](Self::poll_event) and pass events on;
 /// 4. on [`Action::WaitUntil`], sleep until that time or until another input arrives.
 ///
-/// It holds at most one request in flight, never hands out expired credentials, retries
+/// It keeps at most one request in flight, never hands out expired credentials, retries
 /// with capped exponential backoff while a token is valid and after it expires, and
 /// publishes new credentials only when a token moves the expiry forward.
 pub struct TokenManager {
