@@ -5,6 +5,7 @@
 
 mod credential;
 mod der;
+mod from_env;
 mod pbe;
 mod pkcs12;
 
@@ -22,6 +23,9 @@ use zeroize::Zeroizing;
 pub use credential::{ASSERTION_LIFETIME, ClientCertificateCredential};
 #[cfg(feature = "blocking")]
 pub(crate) use credential::{file_error, rename_settings};
+pub(crate) use from_env::CertificateFileSource;
+#[cfg(test)]
+pub(crate) use from_env::MAX_CERTIFICATE_FILE_LEN;
 
 use crate::error::Error;
 use der::{BIT_STRING, Malformed, OCTET_STRING, SEQUENCE};
