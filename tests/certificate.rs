@@ -335,6 +335,67 @@ fn debug_shows_no_key_or_assertion() {
     );
 }
 
+/// Returns the leaf's PKCS#1 key as PEM, with one byte changed in the middle of `dP`, the
+/// first CRT exponent. ring 0.17 loads such a key and fails only when it signs.
+fn damaged_crt_key_pem() -> Vec<u8> {
+    use rustls_pki_types::PrivatePkcs1KeyDer;
+    use rustls_pki_types::pem::PemObject;
+
+    let key = PrivatePkcs1KeyDer::from_pem_slice(&fixtures().read("leaf.pkcs1.key")).unwrap();
+    let mut der = key.secret_pkcs1_der().to_vec();
+    // RSAPrivateKey is a SEQUENCE of INTEGERs: version, n, e, d, p, q, dP, dQ, qInv.
+    let mut offset = 4; // `30 82 xx xx`, the SEQUENCE header of a 2048-bit key.
+    assert_eq!(der[..2], [0x30, 0x82]);
+    for index in 0..=6 {
+        assert_eq!(der[offset], 0x02, "INTEGER {index}");
+        let (header, len) = match der[offset + 1] {
+            short @ 0..=0x7f => (2, usize::from(short)),
+            0x81 => (3, usize::from(der[offset + 2])),
+            0x82 => (
+                4,
+                usize::from(der[offset + 2]) << 8 | usize::from(der[offset + 3]),
+            ),
+            other => panic!("unexpected length octet {other:#x}"),
+        };
+        if index == 6 {
+            der[offset + header + len / 2] ^= 0x01;
+            break;
+        }
+        offset += header + len;
+    }
+    let body = STANDARD.encode(&der);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|line| std::str::from_utf8(line).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN RSA PRIVATE KEY-----\n{}\n-----END RSA PRIVATE KEY-----\n",
+        lines.join("\n")
+    )
+    .into_bytes()
+}
+
+#[test]
+fn damaged_key_fails_signing_as_config() {
+    let mut pem = fixtures().read("leaf.pem");
+    pem.extend(damaged_crt_key_pem());
+    let certificate = ClientCertificate::from_pem(&pem, None).expect("ring loads the key");
+    let error = credential(certificate)
+        .client_assertion(SystemTime::now())
+        .unwrap_err();
+    assert!(!error.is_transient(), "{error}");
+    assert_eq!(
+        config_error(error),
+        (
+            "client certificate".to_owned(),
+            "the private key is damaged: a signature made with it does not verify with its \
+             public key; export the certificate and its key again"
+                .to_owned()
+        )
+    );
+}
+
 /// Builds a token response whose token is valid for an hour from now.
 fn fresh_token_body() -> String {
     let now = SystemTime::now()
@@ -612,6 +673,30 @@ fn environment_exchange_rereads_replaced_certificate() {
         let assertion = form_field(&body, "client_assertion").expect("client_assertion field");
         assert_eq!(assertion_thumbprint(&assertion), sha256_thumbprint(&der));
     }
+}
+
+#[test]
+fn environment_exchange_names_variable_for_damaged_key() {
+    let path = "/etc/ssl/private/client.pem";
+    let env = lookup(&[
+        ("AZURE_TENANT_ID", TENANT.to_owned()),
+        ("AZURE_CLIENT_ID", CLIENT_ID.to_owned()),
+        ("AZURE_CLIENT_CERTIFICATE_PATH", path.to_owned()),
+    ]);
+    let credential = EnvironmentCredential::from_env(env).unwrap();
+    let at = SystemTime::now();
+    let mut exchange = start_with_read(&credential, path, at);
+    let mut contents = fixtures().read("leaf.pem");
+    contents.extend(damaged_crt_key_pem());
+    let Next::Done(Err(error)) = exchange.resume(at, Ok(StepOutput::File(contents))) else {
+        panic!("expected the damaged key to end the exchange");
+    };
+    let (setting, reason) = config_error(error);
+    assert_eq!(setting, "AZURE_CLIENT_CERTIFICATE_PATH");
+    assert!(
+        reason.starts_with("the private key is damaged:"),
+        "{reason}"
+    );
 }
 
 /// Replaces `path` with `contents` by writing a new file and renaming it over the old one.

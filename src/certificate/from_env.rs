@@ -184,7 +184,11 @@ impl CertificateFileExchange {
                 self.awaiting = Awaiting::Token;
                 Next::Step(Step::Http(request))
             }
-            Err(error) => Next::Done(Err(error)),
+            Err(error) => Next::Done(Err(rename_settings(
+                error,
+                PATH_VARIABLE,
+                PASSWORD_VARIABLE,
+            ))),
         }
     }
 
