@@ -1,6 +1,7 @@
 //! The client-certificate credential: loading PEM and PKCS#12 files made by `openssl`,
 //! the client assertion checked claim by claim against the test certificate, and the
-//! token request against a mock Entra token endpoint.
+//! token request against a mock Entra token endpoint. Also the environment credential
+//! and the chain, which read the certificate file at each token request.
 #![cfg(all(feature = "blocking", feature = "certificate"))]
 
 mod common;
@@ -12,16 +13,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use httpmock::prelude::*;
+use httpmock::{HttpMockRequest, HttpMockResponse};
 use ring::digest;
 use rustls_pki_types::CertificateDer;
 use serde_json::Value;
 
 use common::certs::{PASSWORD, fixtures};
 use common::jwt::{OID, TENANT, jwt, token_body};
+use common::temp_dir::TempDir;
 use common::token_endpoint::{CLIENT_ID, token_path};
 use redis_entraid::blocking::EntraIdProvider;
 use redis_entraid::{
-    ASSERTION_LIFETIME, ClientCertificate, ClientCertificateCredential, Error, HttpTokenSource,
+    ASSERTION_LIFETIME, ChainedCredential, ClientCertificate, ClientCertificateCredential,
+    EnvironmentCredential, Error, Exchange, HttpResponse, HttpTokenSource, Next, Step, StepOutput,
+    TokenSource,
 };
 
 const TOKEN_URL: &str =
@@ -330,6 +335,67 @@ fn debug_shows_no_key_or_assertion() {
     );
 }
 
+/// Returns the leaf's PKCS#1 key as PEM, with one byte changed in the middle of `dP`, the
+/// first CRT exponent. ring 0.17 loads such a key and fails only when it signs.
+fn damaged_crt_key_pem() -> Vec<u8> {
+    use rustls_pki_types::PrivatePkcs1KeyDer;
+    use rustls_pki_types::pem::PemObject;
+
+    let key = PrivatePkcs1KeyDer::from_pem_slice(&fixtures().read("leaf.pkcs1.key")).unwrap();
+    let mut der = key.secret_pkcs1_der().to_vec();
+    // RSAPrivateKey is a SEQUENCE of INTEGERs: version, n, e, d, p, q, dP, dQ, qInv.
+    let mut offset = 4; // `30 82 xx xx`, the SEQUENCE header of a 2048-bit key.
+    assert_eq!(der[..2], [0x30, 0x82]);
+    for index in 0..=6 {
+        assert_eq!(der[offset], 0x02, "INTEGER {index}");
+        let (header, len) = match der[offset + 1] {
+            short @ 0..=0x7f => (2, usize::from(short)),
+            0x81 => (3, usize::from(der[offset + 2])),
+            0x82 => (
+                4,
+                usize::from(der[offset + 2]) << 8 | usize::from(der[offset + 3]),
+            ),
+            other => panic!("unexpected length octet {other:#x}"),
+        };
+        if index == 6 {
+            der[offset + header + len / 2] ^= 0x01;
+            break;
+        }
+        offset += header + len;
+    }
+    let body = STANDARD.encode(&der);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|line| std::str::from_utf8(line).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN RSA PRIVATE KEY-----\n{}\n-----END RSA PRIVATE KEY-----\n",
+        lines.join("\n")
+    )
+    .into_bytes()
+}
+
+#[test]
+fn damaged_key_fails_signing_as_config() {
+    let mut pem = fixtures().read("leaf.pem");
+    pem.extend(damaged_crt_key_pem());
+    let certificate = ClientCertificate::from_pem(&pem, None).expect("ring loads the key");
+    let error = credential(certificate)
+        .client_assertion(SystemTime::now())
+        .unwrap_err();
+    assert!(!error.is_transient(), "{error}");
+    assert_eq!(
+        config_error(error),
+        (
+            "client certificate".to_owned(),
+            "the private key is damaged: a signature made with it does not verify with its \
+             public key; export the certificate and its key again"
+                .to_owned()
+        )
+    );
+}
+
 /// Builds a token response whose token is valid for an hour from now.
 fn fresh_token_body() -> String {
     let now = SystemTime::now()
@@ -466,4 +532,260 @@ fn from_file_names_the_file() {
         format!("client certificate file `{}`", path.display())
     );
     assert!(reason.starts_with("no private key found"), "{reason}");
+}
+
+/// Returns the value of form field `name` in a URL-encoded body.
+fn form_field(body: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(body.as_bytes())
+        .find(|(field, _)| field == name)
+        .map(|(_, value)| value.into_owned())
+}
+
+/// Returns the `x5t#S256` header of an assertion.
+fn assertion_thumbprint(assertion: &str) -> String {
+    let (header, _, _, _) = decode(assertion);
+    header["x5t#S256"].as_str().unwrap().to_owned()
+}
+
+fn sha256_thumbprint(der: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, der))
+}
+
+/// Builds a lookup over `pairs`, as `std::env::var` would return them.
+fn lookup(pairs: &[(&str, String)]) -> impl Fn(&str) -> Option<String> + use<> {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.clone()))
+        .collect();
+    move |name| map.get(name).cloned()
+}
+
+/// Starts an exchange and checks that its first step reads `path`.
+fn start_with_read(source: &dyn TokenSource, path: &str, now: SystemTime) -> Box<dyn Exchange> {
+    let mut exchange = source.exchange();
+    match exchange.start(now) {
+        Next::Step(Step::ReadFile { path: read, .. }) => assert_eq!(read.to_str(), Some(path)),
+        other => panic!("expected the read of the certificate, got {other:?}"),
+    }
+    exchange
+}
+
+/// Passes `contents` as the certificate file and returns the token request.
+fn request_after_file(exchange: &mut dyn Exchange, contents: Vec<u8>, now: SystemTime) -> String {
+    match exchange.resume(now, Ok(StepOutput::File(contents))) {
+        Next::Step(Step::Http(request)) => {
+            assert_eq!(request.url, TOKEN_URL);
+            request.body.expose_secret().to_owned()
+        }
+        other => panic!("expected the token request, got {other:?}"),
+    }
+}
+
+#[test]
+fn environment_exchange_reads_then_signs() {
+    let path = "/etc/ssl/private/client.pem";
+    let env = lookup(&[
+        ("AZURE_TENANT_ID", TENANT.to_owned()),
+        ("AZURE_CLIENT_ID", CLIENT_ID.to_owned()),
+        ("AZURE_CLIENT_CERTIFICATE_PATH", path.to_owned()),
+    ]);
+    let credential = EnvironmentCredential::from_env(env).unwrap();
+    assert_eq!(credential.selected(), "client certificate");
+    let now = 1_767_225_600;
+    let at = UNIX_EPOCH + Duration::from_secs(now);
+
+    let mut exchange = start_with_read(&credential, path, at);
+    let body = request_after_file(exchange.as_mut(), leaf_pem(), at);
+    assert_eq!(
+        form_field(&body, "client_assertion_type").as_deref(),
+        Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    );
+    assert_eq!(form_field(&body, "client_secret"), None);
+    let assertion = form_field(&body, "client_assertion").expect("client_assertion field");
+    check_assertion(&assertion, now, TOKEN_URL, None);
+
+    let response = HttpResponse {
+        status: 200,
+        headers: vec![],
+        body: token_body(&jwt(OID, now + 3600, 1), 3600).into_bytes(),
+    };
+    let Next::Done(Ok(token)) = exchange.resume(at, Ok(StepOutput::Http(response))) else {
+        panic!("expected a token");
+    };
+    assert_eq!(token.expires_on(), at + Duration::from_secs(3600));
+}
+
+#[test]
+fn environment_exchange_uses_password_and_chain() {
+    let path = "/etc/ssl/private/client.p12";
+    let mut pairs = vec![
+        ("AZURE_TENANT_ID", TENANT.to_owned()),
+        ("AZURE_CLIENT_ID", CLIENT_ID.to_owned()),
+        ("AZURE_CLIENT_CERTIFICATE_PATH", path.to_owned()),
+        ("AZURE_CLIENT_CERTIFICATE_PASSWORD", PASSWORD.to_owned()),
+        ("AZURE_CLIENT_SEND_CERTIFICATE_CHAIN", "1".to_owned()),
+    ];
+    let credential = EnvironmentCredential::from_env(lookup(&pairs)).unwrap();
+    let at = UNIX_EPOCH + Duration::from_secs(1_767_225_600);
+    let mut exchange = start_with_read(&credential, path, at);
+    let body = request_after_file(exchange.as_mut(), fixtures().read("modern.p12"), at);
+    let assertion = form_field(&body, "client_assertion").expect("client_assertion field");
+    let chain = [fixtures().leaf_der(), fixtures().ca_der()];
+    check_assertion(&assertion, 1_767_225_600, TOKEN_URL, Some(&chain));
+
+    pairs[3].1 = "wrong".to_owned();
+    let credential = EnvironmentCredential::from_env(lookup(&pairs)).unwrap();
+    let mut exchange = start_with_read(&credential, path, at);
+    let contents = Ok(StepOutput::File(fixtures().read("modern.p12")));
+    let Next::Done(Err(error)) = exchange.resume(at, contents) else {
+        panic!("expected the wrong password to end the exchange");
+    };
+    assert_eq!(
+        config_error(error),
+        (
+            "AZURE_CLIENT_CERTIFICATE_PASSWORD".to_owned(),
+            "the password does not decrypt the file; check the password".to_owned()
+        )
+    );
+}
+
+#[test]
+fn environment_exchange_rereads_replaced_certificate() {
+    let path = "/etc/ssl/private/client.pem";
+    let env = lookup(&[
+        ("AZURE_TENANT_ID", TENANT.to_owned()),
+        ("AZURE_CLIENT_ID", CLIENT_ID.to_owned()),
+        ("AZURE_CLIENT_CERTIFICATE_PATH", path.to_owned()),
+    ]);
+    let credential = EnvironmentCredential::from_env(env).unwrap();
+    let at = SystemTime::now();
+    // The CA's certificate and key stand in for a renewed certificate.
+    let generations = [
+        (leaf_pem(), fixtures().leaf_der()),
+        (
+            fixtures().concat(&["ca.pem", "ca.key"]),
+            fixtures().ca_der(),
+        ),
+    ];
+    for (contents, der) in generations {
+        let mut exchange = start_with_read(&credential, path, at);
+        let body = request_after_file(exchange.as_mut(), contents, at);
+        let assertion = form_field(&body, "client_assertion").expect("client_assertion field");
+        assert_eq!(assertion_thumbprint(&assertion), sha256_thumbprint(&der));
+    }
+}
+
+#[test]
+fn environment_exchange_names_variable_for_damaged_key() {
+    let path = "/etc/ssl/private/client.pem";
+    let env = lookup(&[
+        ("AZURE_TENANT_ID", TENANT.to_owned()),
+        ("AZURE_CLIENT_ID", CLIENT_ID.to_owned()),
+        ("AZURE_CLIENT_CERTIFICATE_PATH", path.to_owned()),
+    ]);
+    let credential = EnvironmentCredential::from_env(env).unwrap();
+    let at = SystemTime::now();
+    let mut exchange = start_with_read(&credential, path, at);
+    let mut contents = fixtures().read("leaf.pem");
+    contents.extend(damaged_crt_key_pem());
+    let Next::Done(Err(error)) = exchange.resume(at, Ok(StepOutput::File(contents))) else {
+        panic!("expected the damaged key to end the exchange");
+    };
+    let (setting, reason) = config_error(error);
+    assert_eq!(setting, "AZURE_CLIENT_CERTIFICATE_PATH");
+    assert!(
+        reason.starts_with("the private key is damaged:"),
+        "{reason}"
+    );
+}
+
+/// Replaces `path` with `contents` by writing a new file and renaming it over the old one.
+fn replace_file(path: &std::path::Path, contents: &[u8]) {
+    let staged = path.with_extension("staged");
+    std::fs::write(&staged, contents).unwrap();
+    std::fs::rename(&staged, path).unwrap();
+}
+
+#[test]
+fn chain_from_env_selects_certificate() {
+    let dir = TempDir::new("certificate-env");
+    let path = dir.path().join("client.pem");
+    replace_file(&path, &leaf_pem());
+
+    let server = MockServer::start();
+    let assertions = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&assertions);
+    let serial = Arc::new(Mutex::new(0));
+    let endpoint = server.mock(|when, then| {
+        when.method(POST)
+            .path(token_path())
+            .form_urlencoded_tuple("client_id", CLIENT_ID)
+            .form_urlencoded_tuple(
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            )
+            .form_urlencoded_tuple_exists("client_assertion")
+            .form_urlencoded_tuple_missing("client_secret");
+        then.respond_with(move |request: &HttpMockRequest| {
+            let body = String::from_utf8_lossy(request.body_ref()).into_owned();
+            seen.lock()
+                .unwrap()
+                .push(form_field(&body, "client_assertion"));
+            let mut serial = serial.lock().unwrap();
+            *serial += 1;
+            // Each token expires later than the one before, so the provider takes it.
+            let lifetime = 3600 + *serial;
+            let expires_on = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + lifetime;
+            HttpMockResponse::builder()
+                .status(200)
+                .body(token_body(&jwt(OID, expires_on, *serial), lifetime))
+                .build()
+        });
+    });
+    let env = lookup(&[
+        ("AZURE_TENANT_ID", TENANT.to_owned()),
+        ("AZURE_CLIENT_ID", CLIENT_ID.to_owned()),
+        ("AZURE_CLIENT_CERTIFICATE_PATH", path.display().to_string()),
+        ("AZURE_AUTHORITY_HOST", server.base_url()),
+        // Managed identity follows the environment credential; should the chain ever
+        // reach it, IMDS is a closed loopback port, never the real metadata address.
+        (
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+            "http://127.0.0.1:1".to_owned(),
+        ),
+        // `prod` leaves out the Azure CLI, which could reach Azure with a real login.
+        ("AZURE_TOKEN_CREDENTIALS", "prod".to_owned()),
+    ]);
+    let chain = ChainedCredential::from_env(env).unwrap();
+    let provider = EntraIdProvider::new(chain.clone());
+    let credentials = provider.get_credentials().expect("token from the chain");
+    assert_eq!(credentials.username(), OID);
+    assert_eq!(chain.selected(), Some("environment"));
+    endpoint.assert_calls(1);
+    let first = assertions.lock().unwrap()[0]
+        .clone()
+        .expect("client_assertion field");
+    let token_url = format!("{}{}", server.base_url(), token_path());
+    let (_, claims, _, _) = decode(&first);
+    check_assertion(&first, claims["iat"].as_u64().unwrap(), &token_url, None);
+
+    // A renewed certificate replaces the file, so the next token request signs with it.
+    replace_file(&path, &fixtures().concat(&["ca.pem", "ca.key"]));
+    let mut changes = provider.subscribe();
+    provider.force_refresh();
+    changes
+        .next_timeout(Duration::from_secs(10))
+        .expect("token after the certificate was replaced");
+    endpoint.assert_calls(2);
+    let second = assertions.lock().unwrap()[1]
+        .clone()
+        .expect("client_assertion field");
+    assert_eq!(
+        assertion_thumbprint(&second),
+        sha256_thumbprint(&fixtures().ca_der())
+    );
 }

@@ -57,3 +57,39 @@ fn token_response_seeds_pass_checks() {
 fn token_manager_seeds_pass_checks() {
     replay("token_manager", fuzz_checks::check_token_manager);
 }
+
+#[cfg(feature = "certificate")]
+#[test]
+fn certificate_bytes_seeds_pass_checks() {
+    replay("certificate_bytes", fuzz_checks::check_certificate_bytes);
+}
+
+/// Checks that the valid seeds still load, so the fuzzer starts from inputs that reach
+/// key parsing and signing rather than only from inputs that fail early.
+#[cfg(feature = "certificate")]
+#[test]
+fn certificate_bytes_valid_seeds_load() {
+    use redis_entraid::ClientCertificate;
+
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/certificate_bytes");
+    let password = Some(fuzz_checks::CERTIFICATE_PASSWORD);
+    // The seed, the password it needs and its number of certificates.
+    let cases = [
+        ("pem_pkcs8_key_after_chain", None, 2),
+        ("pem_pkcs1_key_before_chain", None, 2),
+        ("pem_encrypted_pkcs8_key", password, 1),
+        ("pkcs12_aes256_sha256_mac", password, 2),
+        ("pkcs12_3des_sha1_mac", password, 2),
+        ("pkcs12_legacy_rc2_certificates", password, 2),
+        ("pkcs12_aes128_key_plain_certificates", password, 2),
+        ("pkcs12_empty_password", None, 2),
+        ("pkcs12_no_encryption_no_mac", None, 2),
+    ];
+    for (name, password, certificates) in cases {
+        let bytes = fs::read(folder.join(name))
+            .unwrap_or_else(|e| panic!("failed to read seed {name}: {e}"));
+        let certificate = ClientCertificate::from_bytes(&bytes, password)
+            .unwrap_or_else(|e| panic!("seed {name} does not load: {e}"));
+        assert_eq!(certificate.chain().len(), certificates, "{name}");
+    }
+}

@@ -262,3 +262,128 @@ pub fn check_token_manager(input: &[u8]) {
         }
     }
 }
+
+/// The password of the encrypted seeds in `corpus/certificate_bytes/`, which
+/// `check_certificate_bytes` passes as the fixed password. It is not ASCII, so the
+/// UTF-16 encoding of PKCS#12 passwords is exercised.
+#[cfg(feature = "certificate")]
+pub const CERTIFICATE_PASSWORD: &str = "fuzz-pässword";
+
+/// The settings that `ClientCertificate::from_bytes` names in its errors.
+#[cfg(feature = "certificate")]
+const CERTIFICATE_SETTINGS: [&str; 2] = ["client certificate", "client certificate password"];
+
+/// Loads `input` with `ClientCertificate::from_bytes`, without a password, with the empty
+/// password and with [`CERTIFICATE_PASSWORD`], and checks the results.
+///
+/// Panics when loading panics, or when an error is not an `Error::Config` for the
+/// certificate or its password with a one-line reason. A loaded certificate must have a
+/// chain, a thumbprint of 43 base64url characters and a key that signs a client
+/// assertion or fails as damaged. `None` and `Some("")` must give the same result. The password must not
+/// change the result for PEM data without an `ENCRYPTED PRIVATE KEY` block, because it
+/// is documented as ignored there.
+#[cfg(feature = "certificate")]
+pub fn check_certificate_bytes(input: &[u8]) {
+    use redis_entraid::ClientCertificate;
+
+    let without = ClientCertificate::from_bytes(input, None);
+    check_certificate(&without);
+    let empty = ClientCertificate::from_bytes(input, Some(""));
+    assert_eq!(
+        certificate_outcome(&empty),
+        certificate_outcome(&without),
+        "the empty password and no password gave different results"
+    );
+
+    let with = ClientCertificate::from_bytes(input, Some(CERTIFICATE_PASSWORD));
+    check_certificate(&with);
+    let is_pem = contains(input, b"-----BEGIN");
+    let has_encrypted_key = contains(input, b"-----BEGIN ENCRYPTED PRIVATE KEY-----");
+    if is_pem && !has_encrypted_key {
+        assert_eq!(
+            certificate_outcome(&with),
+            certificate_outcome(&without),
+            "a password changed the result for PEM data without an encrypted key"
+        );
+    }
+}
+
+/// Checks one result of `ClientCertificate::from_bytes`.
+#[cfg(feature = "certificate")]
+fn check_certificate(result: &Result<redis_entraid::ClientCertificate, Error>) {
+    use redis_entraid::ClientCertificateCredential;
+
+    let certificate = match result {
+        Ok(certificate) => certificate,
+        Err(Error::Config { setting, reason }) => {
+            assert!(
+                CERTIFICATE_SETTINGS.contains(&setting.as_str()),
+                "the error names the setting {setting:?}"
+            );
+            assert!(!reason.is_empty(), "the error has an empty reason");
+            assert!(
+                !reason.contains('\n'),
+                "the reason has more than one line: {reason:?}"
+            );
+            return;
+        }
+        Err(other) => panic!("expected a configuration error, got {other:?}"),
+    };
+
+    assert!(
+        !certificate.chain().is_empty(),
+        "a loaded certificate has no chain"
+    );
+    let thumbprint = certificate.thumbprint_sha256();
+    assert_eq!(thumbprint.len(), 43, "thumbprint {thumbprint:?}");
+    assert!(
+        thumbprint
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "thumbprint {thumbprint:?} is not base64url"
+    );
+
+    // Signing reads the operating system's random number generator, so it runs only for
+    // the rare inputs that load. ring checks some parts of a key only when it signs, so a
+    // loaded key may still be damaged, but the generator does not fail here.
+    let credential = ClientCertificateCredential::new("tenant", "client", certificate.clone())
+        .expect("fixed tenant and client ids are valid");
+    let now = UNIX_EPOCH + Duration::from_secs(NOW_UNIX_SECONDS);
+    match credential.client_assertion(now) {
+        Ok(assertion) => assert_eq!(
+            assertion.expose_secret().split('.').count(),
+            3,
+            "the assertion is not a JWT"
+        ),
+        Err(Error::Config { setting, reason }) => {
+            assert_eq!(setting, "client certificate", "signing failed: {reason}");
+            assert!(
+                reason.starts_with("the private key is damaged:"),
+                "signing failed: {reason}"
+            );
+        }
+        Err(other) => panic!("signing failed with another error than a damaged key: {other:?}"),
+    }
+}
+
+/// Returns what a result of `ClientCertificate::from_bytes` comparably contains: the
+/// thumbprint and the chain, or the error.
+#[cfg(feature = "certificate")]
+fn certificate_outcome(
+    result: &Result<redis_entraid::ClientCertificate, Error>,
+) -> Result<(String, Vec<Vec<u8>>), Error> {
+    match result {
+        Ok(certificate) => Ok((
+            certificate.thumbprint_sha256().to_owned(),
+            certificate.chain().to_vec(),
+        )),
+        Err(error) => Err(error.clone()),
+    }
+}
+
+#[cfg(feature = "certificate")]
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}

@@ -10,10 +10,10 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::json;
 use zeroize::Zeroizing;
 
+use super::from_env::CertificateSettings;
 use super::{CERTIFICATE_SETTING, ClientCertificate, PASSWORD_SETTING, random_error};
 use crate::entra::{
-    AuthorityHost, DEFAULT_REQUEST_TIMEOUT, REDIS_SCOPE, authority_host_from_env, required_env,
-    validate_client_id, validate_tenant,
+    AuthorityHost, DEFAULT_REQUEST_TIMEOUT, REDIS_SCOPE, validate_client_id, validate_tenant,
 };
 use crate::error::Error;
 use crate::http::{HttpRequest, HttpResponse};
@@ -31,9 +31,9 @@ pub const ASSERTION_LIFETIME: Duration = Duration::from_secs(600);
 const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// The environment variable with the path of the certificate file.
-const PATH_VARIABLE: &str = "AZURE_CLIENT_CERTIFICATE_PATH";
-const PASSWORD_VARIABLE: &str = "AZURE_CLIENT_CERTIFICATE_PASSWORD";
-const SEND_CHAIN_VARIABLE: &str = "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN";
+pub(super) const PATH_VARIABLE: &str = "AZURE_CLIENT_CERTIFICATE_PATH";
+pub(super) const PASSWORD_VARIABLE: &str = "AZURE_CLIENT_CERTIFICATE_PASSWORD";
+pub(super) const SEND_CHAIN_VARIABLE: &str = "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN";
 
 /// A service principal that authenticates with a certificate.
 ///
@@ -95,30 +95,23 @@ impl ClientCertificateCredential {
         lookup: impl Fn(&str) -> Option<String>,
         read_file: impl FnOnce(&Path) -> std::io::Result<Vec<u8>>,
     ) -> Result<Self, Error> {
-        let tenant_id = required_env(&lookup, "AZURE_TENANT_ID")?;
-        let client_id = required_env(&lookup, "AZURE_CLIENT_ID")?;
-        let path = required_env(&lookup, PATH_VARIABLE)?;
-        let password = lookup(PASSWORD_VARIABLE).map(Zeroizing::new);
-        let send_chain = parse_send_chain(lookup(SEND_CHAIN_VARIABLE).as_deref())?;
-        let authority = authority_host_from_env(&lookup)?;
-        let bytes = read_file(Path::new(&path))
+        let settings = CertificateSettings::from_env(&lookup)?;
+        let bytes = read_file(settings.path())
             .map(Zeroizing::new)
-            .map_err(|e| file_error(PATH_VARIABLE, Path::new(&path), &e))?;
-        let certificate =
-            ClientCertificate::from_bytes(&bytes, password.as_deref().map(|p| p.as_str()))
-                .map_err(|e| rename_settings(e, PATH_VARIABLE, PASSWORD_VARIABLE))?;
-        let mut credential = Self::new(tenant_id, client_id, certificate)?;
-        credential.send_chain = send_chain;
-        if let Some(authority) = authority {
-            credential.authority = authority;
-        }
-        Ok(credential)
+            .map_err(|e| file_error(PATH_VARIABLE, settings.path(), &e))?;
+        settings.load(&bytes)
     }
 
     /// Uses another authority host, for a sovereign cloud or a local mock.
     pub fn with_authority_host(mut self, host: &str) -> Result<Self, Error> {
         self.authority = AuthorityHost::parse(host)?;
         Ok(self)
+    }
+
+    /// Uses an authority host that is already parsed.
+    pub(super) fn with_authority(mut self, authority: AuthorityHost) -> Self {
+        self.authority = authority;
+        self
     }
 
     /// Requests another scope than `https://redis.azure.com/.default`.
@@ -246,7 +239,7 @@ fn random_uuid(random: &dyn SecureRandom) -> Result<String, Error> {
 /// Reads `AZURE_CLIENT_SEND_CERTIFICATE_CHAIN`: `1` and `true` enable the chain, as in
 /// the Azure SDKs for Go and Rust. The Python SDK treats any non-empty value as true, so
 /// values other than `0` and `false` are rejected instead of guessed.
-fn parse_send_chain(value: Option<&str>) -> Result<bool, Error> {
+pub(super) fn parse_send_chain(value: Option<&str>) -> Result<bool, Error> {
     let value = value.unwrap_or("").trim();
     if value.is_empty() || value == "0" || value.eq_ignore_ascii_case("false") {
         Ok(false)

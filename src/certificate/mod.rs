@@ -5,6 +5,7 @@
 
 mod credential;
 mod der;
+mod from_env;
 mod pbe;
 mod pkcs12;
 
@@ -22,6 +23,9 @@ use zeroize::Zeroizing;
 pub use credential::{ASSERTION_LIFETIME, ClientCertificateCredential};
 #[cfg(feature = "blocking")]
 pub(crate) use credential::{file_error, rename_settings};
+pub(crate) use from_env::CertificateFileSource;
+#[cfg(test)]
+pub(crate) use from_env::MAX_CERTIFICATE_FILE_LEN;
 
 use crate::error::Error;
 use der::{BIT_STRING, Malformed, OCTET_STRING, SEQUENCE};
@@ -177,6 +181,9 @@ impl ClientCertificate {
     }
 
     /// Signs `message` with RSASSA-PSS, SHA-256, MGF1 with SHA-256 and a 32-byte salt.
+    ///
+    /// Fails with [`Error::Config`] when the key is damaged, and with [`Error::Io`] when
+    /// the random number generator fails.
     pub(crate) fn sign_ps256(
         &self,
         random: &dyn SecureRandom,
@@ -185,7 +192,16 @@ impl ClientCertificate {
         let mut signature = vec![0; self.key.public().modulus_len()];
         self.key
             .sign(&RSA_PSS_SHA256, random, message, &mut signature)
-            .map_err(|_| random_error())?;
+            .map_err(|_| {
+                // ring 0.17 fails a signature when the generator fails, or when the result
+                // does not verify with the public key. The second happens for a key whose
+                // CRT exponents are wrong, which ring does not check when it loads a key.
+                if random.fill(&mut [0; 1]).is_err() {
+                    random_error()
+                } else {
+                    damaged_key_error()
+                }
+            })?;
         Ok(signature)
     }
 }
@@ -199,14 +215,21 @@ impl fmt::Debug for ClientCertificate {
     }
 }
 
-/// The error for a failed read of the operating system's random number generator, the
-/// only way signing can fail once the key is loaded.
+/// The error for a failed read of the operating system's random number generator while
+/// signing.
 pub(crate) fn random_error() -> Error {
     Error::Io {
         operation: "sign the client assertion".to_owned(),
         kind: std::io::ErrorKind::Other,
         reason: "the operating system's random number generator failed".to_owned(),
     }
+}
+
+fn damaged_key_error() -> Error {
+    certificate_error(
+        "the private key is damaged: a signature made with it does not verify with its \
+         public key; export the certificate and its key again",
+    )
 }
 
 fn certificate_error(reason: impl Into<String>) -> Error {

@@ -19,11 +19,39 @@ const SECRET_VARS: &[(&str, &str)] = &[
     ("AZURE_CLIENT_ID", CLIENT_ID),
     ("AZURE_CLIENT_SECRET", "s3cret"),
 ];
+const CERTIFICATE_PATH: &str = "/certs/sp.pem";
+const CERTIFICATE_VARS: &[(&str, &str)] = &[
+    ("AZURE_TENANT_ID", TENANT),
+    ("AZURE_CLIENT_ID", CLIENT_ID),
+    ("AZURE_CLIENT_CERTIFICATE_PATH", CERTIFICATE_PATH),
+];
 const WORKLOAD_VARS: &[(&str, &str)] = &[
     ("AZURE_TENANT_ID", TENANT),
     ("AZURE_CLIENT_ID", CLIENT_ID),
     ("AZURE_FEDERATED_TOKEN_FILE", TOKEN_FILE),
 ];
+
+/// Returns the environment credential's reason when no service principal variable is set.
+fn no_service_principal() -> &'static str {
+    if cfg!(feature = "certificate") {
+        "neither AZURE_CLIENT_SECRET nor AZURE_CLIENT_CERTIFICATE_PATH is set; a service \
+         principal needs AZURE_TENANT_ID and AZURE_CLIENT_ID with AZURE_CLIENT_SECRET or \
+         AZURE_CLIENT_CERTIFICATE_PATH"
+    } else {
+        "AZURE_CLIENT_SECRET is not set; a service principal needs AZURE_TENANT_ID, \
+         AZURE_CLIENT_ID and AZURE_CLIENT_SECRET"
+    }
+}
+
+/// Returns the first step of a chain with [`CERTIFICATE_VARS`]: the read of the
+/// certificate, or the Azure CLI at the end of the chain without the `certificate` feature.
+fn certificate_first() -> First {
+    if cfg!(feature = "certificate") {
+        First::Read(CERTIFICATE_PATH.into())
+    } else {
+        cli_args()
+    }
+}
 
 fn now() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(T0)
@@ -261,12 +289,61 @@ fn environment_selects_credential() {
             cli_args(),
         ),
         Case::new(
-            "certificate path alone falls through",
+            "client certificate",
+            CERTIFICATE_VARS.to_vec(),
             vec![
-                ("AZURE_TENANT_ID", TENANT),
-                ("AZURE_CLIENT_ID", CLIENT_ID),
-                ("AZURE_CLIENT_CERTIFICATE_PATH", "/certs/sp.pem"),
+                "environment",
+                "workload identity",
+                "managed identity",
+                "Azure CLI",
             ],
+            certificate_first(),
+        ),
+        Case::new(
+            "secret wins over certificate",
+            with(SECRET_VARS, CERTIFICATE_VARS),
+            vec![
+                "environment",
+                "workload identity",
+                "managed identity",
+                "Azure CLI",
+            ],
+            entra_url(public),
+        ),
+        Case::new(
+            "certificate wins over workload identity",
+            with(
+                CERTIFICATE_VARS,
+                &[("AZURE_FEDERATED_TOKEN_FILE", TOKEN_FILE)],
+            ),
+            vec![
+                "environment",
+                "workload identity",
+                "managed identity",
+                "Azure CLI",
+            ],
+            if cfg!(feature = "certificate") {
+                First::Read(CERTIFICATE_PATH.into())
+            } else {
+                First::Read(TOKEN_FILE.into())
+            },
+        ),
+        Case::new(
+            "certificate for environment credential alone",
+            with(
+                CERTIFICATE_VARS,
+                &[("AZURE_TOKEN_CREDENTIALS", "EnvironmentCredential")],
+            ),
+            vec!["environment"],
+            if cfg!(feature = "certificate") {
+                First::Read(CERTIFICATE_PATH.into())
+            } else {
+                First::Unavailable
+            },
+        ),
+        Case::new(
+            "certificate path without ids falls through",
+            vec![("AZURE_CLIENT_CERTIFICATE_PATH", CERTIFICATE_PATH)],
             vec![
                 "environment",
                 "workload identity",
@@ -308,10 +385,11 @@ fn all_unavailable_lists_each_reason() {
     assert!(!error.is_transient());
     let message = error.to_string();
     assert!(
-        message.starts_with(
+        message.starts_with(&format!(
             "chained credential unavailable: no credential in the chain is available \
-             (environment credential unavailable: AZURE_CLIENT_SECRET is not set;"
-        ),
+             (environment credential unavailable: {};",
+            no_service_principal()
+        )),
         "{message}"
     );
     assert!(
@@ -360,9 +438,50 @@ fn real_failure_stops_chain() {
         error.to_string(),
         format!(
             "workload identity credential failed: cannot read {TOKEN_FILE}: No such file or \
-             directory (os error 2) (tried before: environment credential unavailable: \
-             AZURE_CLIENT_SECRET is not set; a service principal needs AZURE_TENANT_ID, \
-             AZURE_CLIENT_ID and AZURE_CLIENT_SECRET)"
+             directory (os error 2) (tried before: environment credential unavailable: {})",
+            no_service_principal()
+        )
+    );
+}
+
+#[cfg(feature = "certificate")]
+#[test]
+fn unreadable_certificate_stops_chain() {
+    let chain = chain_from(CERTIFICATE_VARS).unwrap();
+    let mut exchange = chain.exchange();
+    let Next::Step(Step::ReadFile { path, max_len }) = exchange.start(now()) else {
+        panic!("expected the read of the certificate");
+    };
+    assert_eq!(path, PathBuf::from(CERTIFICATE_PATH));
+    assert_eq!(max_len, crate::certificate::MAX_CERTIFICATE_FILE_LEN);
+
+    let missing = Error::Io {
+        operation: format!("read {CERTIFICATE_PATH}"),
+        kind: std::io::ErrorKind::NotFound,
+        reason: "No such file or directory (os error 2)".to_owned(),
+    };
+    let Next::Done(Err(error)) = exchange.resume(now(), Err(missing)) else {
+        panic!("expected the chain to stop instead of trying workload identity");
+    };
+
+    let Error::ChainFailed {
+        credential,
+        error: cause,
+        unavailable,
+    } = &error
+    else {
+        panic!("expected ChainFailed, got {error}");
+    };
+    assert_eq!(credential, "environment");
+    assert!(unavailable.is_empty());
+    assert!(!error.is_transient(), "a missing certificate needs a fix");
+    assert!(chain.selected().is_none());
+    assert_eq!(
+        cause.to_string(),
+        format!(
+            "invalid AZURE_CLIENT_CERTIFICATE_PATH: `{CERTIFICATE_PATH}` does not exist; use \
+             the path of a PEM or PKCS#12 file that contains the certificate and its private \
+             key"
         )
     );
 }
