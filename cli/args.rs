@@ -30,6 +30,7 @@ pub fn command() -> Command {
         .arg_required_else_help(true)
         .subcommand(token_command())
         .subcommand(ping_command())
+        .subcommand(watch_command())
 }
 
 fn token_command() -> Command {
@@ -65,6 +66,35 @@ fn ping_command() -> Command {
         .after_help(EXIT_STATUS_HELP)
         .args(credential_args())
         .args(redis_args(true))
+}
+
+fn watch_command() -> Command {
+    Command::new("watch")
+        .about(
+            "Stay connected, run PING every few seconds, and show token renewals and \
+             re-authentications with the remaining token lifetime; Ctrl-C stops it with a \
+             summary",
+        )
+        .after_help(format!(
+            "Exits with status 5 when any command failed.\n\n{EXIT_STATUS_HELP}"
+        ))
+        .args(credential_args())
+        .args(redis_args(true))
+        .arg(
+            Arg::new("interval")
+                .long("interval")
+                .value_name("SECONDS")
+                .value_parser(parse_seconds)
+                .default_value("5")
+                .help("Time between two commands, in seconds"),
+        )
+        .arg(
+            Arg::new("duration")
+                .long("duration")
+                .value_name("SECONDS")
+                .value_parser(parse_seconds)
+                .help("Stop after this many seconds instead of waiting for Ctrl-C"),
+        )
 }
 
 fn credential_args() -> Vec<Arg> {

@@ -2,8 +2,8 @@
 //! Redis, through the crate's own credential chain and blocking connection type.
 //!
 //! Built by the `cli` feature: `cargo install redis-entraid --features cli`. The
-//! commands are `token` and `ping`; `--help` describes each, and `failure.rs` defines
-//! the exit statuses.
+//! commands are `token`, `ping` and `watch`; `--help` describes each, and `failure.rs`
+//! defines the exit statuses.
 
 mod args;
 mod explain;
@@ -13,6 +13,7 @@ mod ping;
 mod redis_steps;
 mod source;
 mod token;
+mod watch;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -23,6 +24,7 @@ fn main() -> ExitCode {
     let result = match matches.subcommand() {
         Some(("token", sub)) => token::run(sub),
         Some(("ping", sub)) => ping::run(sub),
+        Some(("watch", sub)) => watch::run(sub),
         // `subcommand_required` makes clap reject a command line without one.
         _ => unreachable!("clap accepts only the commands above"),
     };

@@ -25,6 +25,12 @@ impl Target {
         let transport = if self.tls { "over TLS" } else { "without TLS" };
         format!("{}:{} {transport}", self.host, self.port)
     }
+
+    /// Returns the options that select this target, such as `--host h --port 6380`.
+    pub fn command_line(&self) -> String {
+        let tls = if self.tls { "" } else { " --no-tls" };
+        format!("--host {} --port {}{tls}", self.host, self.port)
+    }
 }
 
 /// A step's result with its duration.
