@@ -31,6 +31,7 @@ pub fn command() -> Command {
         .subcommand(token_command())
         .subcommand(ping_command())
         .subcommand(watch_command())
+        .subcommand(doctor_command())
 }
 
 fn token_command() -> Command {
@@ -95,6 +96,19 @@ fn watch_command() -> Command {
                 .value_parser(parse_seconds)
                 .help("Stop after this many seconds instead of waiting for Ctrl-C"),
         )
+}
+
+fn doctor_command() -> Command {
+    Command::new("doctor")
+        .about(
+            "Check the environment, the token and (with --host) the Redis connection, and \
+             explain each failure with its fix",
+        )
+        .after_help(format!(
+            "The exit status is that of the first failed check.\n\n{EXIT_STATUS_HELP}"
+        ))
+        .args(credential_args())
+        .args(redis_args(false))
 }
 
 fn credential_args() -> Vec<Arg> {

@@ -2,10 +2,11 @@
 //! Redis, through the crate's own credential chain and blocking connection type.
 //!
 //! Built by the `cli` feature: `cargo install redis-entraid --features cli`. The
-//! commands are `token`, `ping` and `watch`; `--help` describes each, and `failure.rs`
-//! defines the exit statuses.
+//! commands are `token`, `ping`, `watch` and `doctor`; `--help` describes each, and
+//! `failure.rs` defines the exit statuses.
 
 mod args;
+mod doctor;
 mod explain;
 mod failure;
 mod format;
@@ -25,6 +26,7 @@ fn main() -> ExitCode {
         Some(("token", sub)) => token::run(sub),
         Some(("ping", sub)) => ping::run(sub),
         Some(("watch", sub)) => watch::run(sub),
+        Some(("doctor", sub)) => doctor::run(sub),
         // `subcommand_required` makes clap reject a command line without one.
         _ => unreachable!("clap accepts only the commands above"),
     };
