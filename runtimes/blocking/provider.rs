@@ -190,6 +190,13 @@ impl EntraIdProvider {
         shared.wake.notify_one();
     }
 
+    /// Returns when the current token is due for refresh, or `None` before the first
+    /// token. The renewal thread requests a new token then, or later while a retry
+    /// delay runs.
+    pub fn refresh_at(&self) -> Option<SystemTime> {
+        self.owner.shared.lock().manager.refresh_at()
+    }
+
     /// Subscribes to credential changes.
     pub fn subscribe(&self) -> Subscription {
         Subscription {
