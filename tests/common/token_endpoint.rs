@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use httpmock::prelude::*;
 use httpmock::{HttpMockResponse, Mock};
@@ -31,6 +31,14 @@ struct State {
     serial: AtomicU64,
     /// When set, every request gets the most recently issued token again.
     repeat: AtomicBool,
+    /// When set, every request fails with HTTP 503.
+    down: AtomicBool,
+    /// When above 0, every request whose number is a multiple of it fails with HTTP 503.
+    fail_every: AtomicU64,
+    /// Counts the requests answered with an error.
+    failures: AtomicU64,
+    /// When each request arrived.
+    requested_at: Mutex<Vec<Instant>>,
     redis_url: Option<String>,
     lifetime: Duration,
 }
@@ -54,6 +62,10 @@ impl TokenEndpoint {
             issued: Mutex::new(Vec::new()),
             serial: AtomicU64::new(0),
             repeat: AtomicBool::new(false),
+            down: AtomicBool::new(false),
+            fail_every: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            requested_at: Mutex::new(Vec::new()),
             redis_url,
             lifetime,
         });
@@ -96,9 +108,29 @@ impl TokenEndpoint {
         self.state.repeat.store(repeat, Ordering::SeqCst);
     }
 
-    /// Counts the token requests served.
+    /// Counts the token requests served, failed ones included.
     pub fn requests(&self) -> u64 {
         self.state.serial.load(Ordering::SeqCst)
+    }
+
+    /// Makes every request fail with HTTP 503 (`true`), or succeed again (`false`).
+    pub fn set_down(&self, down: bool) {
+        self.state.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Makes every `n`th request fail with HTTP 503; 0 turns this off.
+    pub fn fail_every(&self, n: u64) {
+        self.state.fail_every.store(n, Ordering::SeqCst);
+    }
+
+    /// Counts the requests answered with HTTP 503.
+    pub fn failures(&self) -> u64 {
+        self.state.failures.load(Ordering::SeqCst)
+    }
+
+    /// When each request arrived, oldest first.
+    pub fn request_times(&self) -> Vec<Instant> {
+        self.state.requested_at.lock().unwrap().clone()
     }
 }
 
@@ -135,6 +167,16 @@ fn unix_now() -> u64 {
 
 fn issue(state: &State) -> HttpMockResponse {
     let serial = state.serial.fetch_add(1, Ordering::SeqCst) + 1;
+    state.requested_at.lock().unwrap().push(Instant::now());
+    let every = state.fail_every.load(Ordering::SeqCst);
+    if state.down.load(Ordering::SeqCst) || (every > 0 && serial.is_multiple_of(every)) {
+        state.failures.fetch_add(1, Ordering::SeqCst);
+        return HttpMockResponse::builder()
+            .status(503)
+            .header("content-type", "application/json")
+            .body(r#"{"error":"temporarily_unavailable"}"#)
+            .build();
+    }
     let mut issued = state.issued.lock().unwrap();
     let reuse = state.repeat.load(Ordering::SeqCst) && !issued.is_empty();
     let entry = if reuse {
