@@ -12,7 +12,7 @@ use log::debug;
 
 use super::{http, steps};
 use crate::{
-    Action, Credentials, Error, Event, RefreshPolicy, TokenManager, TokenSource, Username,
+    Action, Credentials, Error, Event, RefreshPolicy, State, TokenManager, TokenSource, Username,
 };
 
 /// How long [`EntraIdProvider::get_credentials`] waits for the first token by default.
@@ -180,6 +180,39 @@ impl EntraIdProvider {
         let shared = &self.owner.shared;
         shared.lock().manager.force_refresh(SystemTime::now());
         shared.wake.notify_one();
+    }
+
+    /// Returns credentials newer than those of `rejected`, the generation whose token
+    /// Redis rejected, waiting up to the first-token timeout.
+    ///
+    /// Forces a refresh unless the generation has already moved, so connections that meet
+    /// the same rejection together cause one token request. Returns `None` when no newer
+    /// credentials arrive in time: a token the server rejected is not sent again.
+    pub(crate) fn credentials_after_rejection(&self, rejected: u64) -> Option<(u64, Credentials)> {
+        let shared = &self.owner.shared;
+        if shared.generation.load(Ordering::Acquire) == rejected {
+            self.force_refresh();
+        }
+        let started = Instant::now();
+        let mut inner = shared.lock();
+        loop {
+            let generation = shared.generation.load(Ordering::Acquire);
+            if generation != rejected {
+                let credentials = inner.manager.credentials(SystemTime::now()).ok()?;
+                return Some((generation, credentials.clone()));
+            }
+            let waited = started.elapsed();
+            let failed = matches!(inner.manager.state(SystemTime::now()), State::Failed);
+            if waited >= self.first_token_timeout || inner.shutdown || failed {
+                return None;
+            }
+            inner = wait(&shared.changed, inner, self.first_token_timeout - waited);
+        }
+    }
+
+    /// How long a connection waits for a first or a forced token.
+    pub(crate) fn first_token_timeout(&self) -> Duration {
+        self.first_token_timeout
     }
 
     /// Subscribes to credential changes.
