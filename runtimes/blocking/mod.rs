@@ -7,7 +7,9 @@ mod connection;
 mod http;
 mod pinned_tls;
 mod provider;
+mod pubsub;
 mod steps;
 
 pub use connection::EntraConnection;
 pub use provider::{DEFAULT_FIRST_TOKEN_TIMEOUT, EntraIdProvider, ProviderBuilder, Subscription};
+pub use pubsub::{DEFAULT_CHECK_INTERVAL, EntraPubSub};
