@@ -6,10 +6,14 @@
 mod connection;
 mod http;
 mod pinned_tls;
+#[cfg(feature = "r2d2")]
+mod pool;
 mod provider;
 mod pubsub;
 mod steps;
 
 pub use connection::EntraConnection;
+#[cfg(feature = "r2d2")]
+pub use pool::EntraConnectionManager;
 pub use provider::{DEFAULT_FIRST_TOKEN_TIMEOUT, EntraIdProvider, ProviderBuilder, Subscription};
 pub use pubsub::{DEFAULT_CHECK_INTERVAL, EntraPubSub};
