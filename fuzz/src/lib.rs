@@ -23,12 +23,14 @@ pub const ERROR_STATUSES: [u16; 16] = [
     100, 199, 300, 399, 0, 999, // `:` `;` `<` `=` `>` `?`
 ];
 
-/// The members of an error body that `parse_error_response` reads.
-const ERROR_FIELDS: [&str; 4] = [
+/// The members of an error body that `parse_error_response` reads: Entra's and IMDS's
+/// fields, App Service's `message`, and Service Fabric's object nested in `error`.
+const ERROR_FIELDS: [&str; 5] = [
     "error",
     "error_description",
     "error_codes",
     "correlation_id",
+    "message",
 ];
 
 /// The maximum length of the kept `error_description` line, in characters, as
@@ -311,16 +313,6 @@ pub const MANAGED_IDENTITY_STATUSES: [u16; 16] = [
 /// The directory the Azure Arc key file must be in.
 const ARC_KEY_DIRECTORY: &str = "/fuzz/azcmagent/tokens";
 
-/// The members of a managed-identity error body that the error parsers read: Entra's and
-/// IMDS's fields, App Service's `message`, and Service Fabric's nested `error` object.
-const MANAGED_IDENTITY_ERROR_FIELDS: [&str; 5] = [
-    "error",
-    "error_description",
-    "error_codes",
-    "correlation_id",
-    "message",
-];
-
 /// Feeds one response from `input` to the first request of a managed-identity exchange
 /// and checks the outcome.
 ///
@@ -453,7 +445,7 @@ fn check_managed_identity_error(environment: usize, response: &HttpResponse, err
     );
 
     let mut reduced = response.clone();
-    reduced.body = fields_only(&response.body, &MANAGED_IDENTITY_ERROR_FIELDS);
+    reduced.body = fields_only(&response.body, &ERROR_FIELDS);
     let reduced_error = parse_error_response(&reduced);
     let Error::IdentityEndpoint(reduced_endpoint) = reduced_error else {
         unreachable!("parse_error_response always returns an identity endpoint error");
@@ -465,7 +457,7 @@ fn check_managed_identity_error(environment: usize, response: &HttpResponse, err
             &reduced_endpoint.description,
             &reduced_endpoint.codes
         ),
-        "the error depends on body text outside {MANAGED_IDENTITY_ERROR_FIELDS:?}"
+        "the error depends on body text outside {ERROR_FIELDS:?}"
     );
     assert_eq!(endpoint.correlation_id, reduced_endpoint.correlation_id);
 }
