@@ -153,6 +153,63 @@ fn wrongpass_at_handshake_forces_one_refresh_and_retries() {
             "{form}: one handshake on the retried connection"
         );
     }
+    // The username is the token's oid, never `default` or the client id.
+    let usernames = azure.proxy.usernames();
+    assert_eq!(usernames.len(), 6);
+    assert!(usernames.iter().all(|u| u == OID), "{usernames:?}");
+}
+
+#[test]
+fn connection_keeps_renewal_after_provider_clone_dropped() {
+    for drop_original in [true, false] {
+        let azure = Azure::start(4, 2);
+        let clone = azure.provider.clone();
+        let (kept, dropped) = if drop_original {
+            (clone, azure.provider)
+        } else {
+            (azure.provider, clone)
+        };
+        let mut connection = EntraConnection::open(azure.proxy.url(), &dropped).unwrap();
+        drop(dropped);
+        let requests = azure.endpoint.requests();
+        let generation = kept.generation();
+        wait_until(Duration::from_secs(5), "renewal", || {
+            kept.generation() > generation
+        });
+        assert_eq!(
+            azure.endpoint.requests(),
+            requests + 1,
+            "one request at refresh"
+        );
+        let _: () = connection
+            .set("k", 1)
+            .expect("re-authenticated before expiry");
+        assert_eq!(connection.authentications(), 2);
+        assert_eq!(azure.proxy.closed_at_expiry(), 0);
+    }
+}
+
+#[test]
+fn new_connection_during_outage_uses_current_token() {
+    let azure = Azure::start(6, 4);
+    azure.endpoint.set_down(true);
+    // The refresh falls due after 2 s and fails; the token stays valid until 5 to 6 s.
+    wait_until(Duration::from_secs(5), "failed refresh", || {
+        azure.endpoint.failures() > 0
+    });
+    let started = Instant::now();
+    let mut connection = azure.connect();
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "waited for the endpoint"
+    );
+    let _: () = connection.set("k", 1).unwrap();
+    azure.endpoint.set_down(false);
+    azure.wait_for_renewals(1);
+    let _: () = connection
+        .set("k", 2)
+        .expect("new token reaches the connection");
+    assert_eq!(connection.authentications(), 2);
 }
 
 #[test]

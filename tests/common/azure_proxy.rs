@@ -84,9 +84,9 @@ struct Shared {
 struct Connection {
     client: TcpStream,
     server: TcpStream,
-    /// The `exp` of the token in each `AUTH` and `HELLO … AUTH` received from the client,
-    /// 0 for a token that is not a JWT.
-    authentications: Mutex<Vec<u64>>,
+    /// The username and the token's `exp` of each `AUTH` and `HELLO … AUTH` received from
+    /// the client; `default` when `AUTH` names no user, and 0 for a token that is not a JWT.
+    authentications: Mutex<Vec<(String, u64)>>,
     state: Mutex<ConnectionState>,
 }
 
@@ -187,7 +187,21 @@ impl AzureProxy {
     pub fn token_expiries(&self) -> Vec<Vec<u64>> {
         lock(&self.shared.connections)
             .iter()
-            .map(|c| lock(&c.authentications).clone())
+            .map(|c| {
+                lock(&c.authentications)
+                    .iter()
+                    .map(|(_, exp)| *exp)
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Lists the username of every `AUTH` and `HELLO … AUTH` of every connection.
+    pub fn usernames(&self) -> Vec<String> {
+        lock(&self.shared.connections)
+            .iter()
+            .flat_map(|c| lock(&c.authentications).clone())
+            .map(|(username, _)| username)
             .collect()
     }
 
@@ -351,8 +365,8 @@ impl Connection {
             }
             return Route::Forward(None);
         }
-        if let Some(token) = auth_token(&name, args) {
-            return self.route_authentication(shared, state, token);
+        if let Some((username, token)) = auth_arguments(&name, args) {
+            return self.route_authentication(shared, state, username, token);
         }
         if name == "HELLO" || name == "QUIT" {
             return Route::Forward(Some(Pending::Reply { auth_exp: None }));
@@ -374,13 +388,14 @@ impl Connection {
         &self,
         shared: &Shared,
         state: &mut ConnectionState,
+        username: String,
         token: &[u8],
     ) -> Route {
         let exp = Claims::from_jwt(&String::from_utf8_lossy(token))
             .ok()
             .and_then(|claims| claims.exp)
             .map(|exp| exp.max(0) as u64);
-        lock(&self.authentications).push(exp.unwrap_or(0));
+        lock(&self.authentications).push((username, exp.unwrap_or(0)));
         // A token that is not a JWT never expires here.
         let deadline = exp.unwrap_or(u64::MAX);
         if shared.close_on_next_auth.swap(false, Ordering::SeqCst) {
@@ -459,16 +474,19 @@ fn error_line(error: &str) -> Vec<u8> {
     format!("-{error}\r\n").into_bytes()
 }
 
-/// Returns the token of `AUTH [user] token` or `HELLO protover AUTH user token …`.
-fn auth_token<'a>(name: &str, args: &'a [Vec<u8>]) -> Option<&'a [u8]> {
-    match name {
-        "AUTH" => args.last().filter(|_| args.len() >= 2).map(Vec::as_slice),
-        "HELLO" => {
+/// Returns the username and token of `AUTH [user] token` or
+/// `HELLO protover AUTH user token …`.
+fn auth_arguments<'a>(name: &str, args: &'a [Vec<u8>]) -> Option<(String, &'a [u8])> {
+    let (user, token) = match (name, args) {
+        ("AUTH", [_, token]) => (&b"default"[..], token),
+        ("AUTH", [_, user, token, ..]) => (user.as_slice(), token),
+        ("HELLO", _) => {
             let at = args.iter().position(|a| a.eq_ignore_ascii_case(b"AUTH"))?;
-            args.get(at + 2).map(Vec::as_slice)
+            (args.get(at + 1)?.as_slice(), args.get(at + 2)?)
         }
-        _ => None,
-    }
+        _ => return None,
+    };
+    Some((String::from_utf8_lossy(user).into_owned(), token.as_slice()))
 }
 
 /// Returns true for a RESP3 push, or a RESP2 pub/sub message or confirmation on a
