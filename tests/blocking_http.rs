@@ -3,7 +3,10 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use httpmock::prelude::*;
@@ -214,6 +217,59 @@ fn silent_endpoint_times_out_and_callers_are_answered() {
         "{error}"
     );
     drop(listener);
+}
+
+#[test]
+fn stalled_body_times_out_within_bound() {
+    // Sends headers announcing 900 bytes and 100 of them, then stalls each connection.
+    // The thread stays blocked in accept when the test ends, which ends with the process.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                        Content-Length: 900\r\n\r\n";
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&[b' '; 100]);
+            held.push(stream);
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let credential = ClientSecretCredential::new(TENANT, CLIENT_ID, CLIENT_SECRET)
+        .unwrap()
+        .with_authority_host(&format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .with_request_timeout(Duration::from_secs(1));
+    let policy = redis_entraid::RefreshPolicy::default()
+        .with_initial_backoff(Duration::from_millis(100))
+        .with_max_backoff(Duration::from_millis(200));
+    let provider = EntraIdProvider::builder(credential)
+        .refresh_policy(policy)
+        .start();
+    let started = Instant::now();
+    // Three attempts of 1 s each and two short backoffs end within this wait.
+    let error = provider
+        .get_credentials_timeout(Duration::from_millis(3500))
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(4));
+    let error = last_error(error);
+    assert!(
+        matches!(
+            error,
+            Error::Transport {
+                timed_out: true,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(accepted.load(Ordering::SeqCst) >= 3, "three attempts");
 }
 
 #[test]
