@@ -1,6 +1,6 @@
 //! Classifies Redis error replies by what they mean for a connection's authentication.
 
-/// What an error reply from Redis means for the credentials a connection uses.
+/// The meaning of a Redis error reply for the credentials a connection uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ErrorReply {
     /// The server rejected the username and token (`WRONGPASS` in any of its forms). The

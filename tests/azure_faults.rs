@@ -73,7 +73,7 @@ impl Azure {
         });
     }
 
-    /// The `exp` of the newest token the provider handed out.
+    /// Returns the `exp` of the newest token the provider handed out.
     fn current_exp(&self) -> u64 {
         let credentials = self.provider.get_credentials().unwrap();
         let expires = credentials.expires_on();
@@ -384,7 +384,7 @@ fn blocking_command_loop_reauthenticates_between_commands() {
 }
 
 #[test]
-fn command_blocked_past_expiry_fails_and_next_command_reconnects() {
+fn command_blocked_past_expiry_is_not_resent() {
     let azure = Azure::start(4, 2);
     let mut blocked = azure.connect();
     let result: RedisResult<Option<(String, String)>> =
@@ -425,7 +425,7 @@ fn connection_idle_through_many_renewals_authenticates_before_use() {
 }
 
 #[test]
-fn auth_lost_to_io_error_is_retried_on_new_connection() {
+fn auth_io_error_replaces_connection() {
     let azure = Azure::start(30, 28);
     let mut x = azure.connect();
     let mut y = azure.connect();

@@ -172,7 +172,8 @@ fn no_secret_in_logs_errors_or_debug() {
     assert!(log::max_level() >= Level::Trace);
 }
 
-/// Connections and a subscriber through renewals, `WRONGPASS`, and an outage past expiry.
+/// Runs connections and a subscriber through renewals, `WRONGPASS`, and an outage past
+/// expiry.
 fn renewals_wrongpass_and_expiry(exposure: &mut Exposure) {
     let redis = RedisServer::start();
     let endpoint = TokenEndpoint::start(Duration::from_secs(4), Some(redis.url()));
@@ -239,7 +240,7 @@ fn renewals_wrongpass_and_expiry(exposure: &mut Exposure) {
     }
 }
 
-/// Each kind of error body from the Entra token endpoint, on the first request.
+/// Collects the errors for each kind of Entra error body, on the first request.
 fn entra_error_bodies(exposure: &mut Exposure) {
     let token = jwt(OID, unix_now() + 3600, 900);
     exposure.token(&token);
@@ -278,8 +279,8 @@ fn entra_error_bodies(exposure: &mut Exposure) {
     }
 }
 
-/// Requests, responses, tokens and errors of the managed-identity environments whose
-/// requests carry a secret header.
+/// Collects the requests, responses, tokens and errors of the managed-identity environments
+/// whose requests carry a secret header.
 fn managed_identity_values(exposure: &mut Exposure) {
     let token = jwt(OID, unix_now() + 86_400, 901);
     exposure.token(&token);
@@ -343,7 +344,7 @@ fn managed_identity_values(exposure: &mut Exposure) {
     exposure.debug("token", &token);
 }
 
-/// The Azure Arc exchange, whose second request carries the key file's contents.
+/// Drives the Azure Arc exchange, whose second request carries the key file's contents.
 fn arc_exchange_values(exposure: &mut Exposure) {
     let keys = std::env::temp_dir().join(format!("redis-entraid-secrets-{}", std::process::id()));
     std::fs::create_dir_all(&keys).unwrap();

@@ -26,7 +26,7 @@ use redis_entraid::blocking::{
 const TOKEN_LIFETIME: Duration = Duration::from_secs(4);
 /// Refresh this long before expiry, so a renewal lands about every 2 s.
 const REFRESH_MARGIN: Duration = Duration::from_secs(2);
-/// Every this many token requests, the endpoint answers HTTP 503.
+/// Every this many token requests, the endpoint fails with HTTP 503.
 const FAIL_EVERY: u64 = 3;
 /// Connections running plain commands, pipelines and transactions.
 const COMMAND_WORKERS: usize = 4;
@@ -250,7 +250,8 @@ fn pool_worker(context: WorkerContext) {
     }
 }
 
-/// A subscriber on RESP2 or RESP3, fed by a publisher; a missing message is a failure.
+/// Runs a subscriber on RESP2 or RESP3 fed by a publisher, counting a missing message as
+/// a failure.
 fn subscriber_worker(context: WorkerContext, resp3: bool) {
     let url = if resp3 {
         format!("{}?protocol=resp3", context.url)

@@ -210,7 +210,7 @@ impl EntraIdProvider {
         }
     }
 
-    /// How long a connection waits for a first or a forced token.
+    /// Returns how long a connection waits for a first or a forced token.
     pub(crate) fn first_token_timeout(&self) -> Duration {
         self.first_token_timeout
     }

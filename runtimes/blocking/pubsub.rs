@@ -32,11 +32,11 @@ const RETIRE_TIMEOUT: Duration = Duration::from_secs(2);
 /// When the credentials change it sends `AUTH` in band. A RESP3 connection accepts it, and
 /// the `+OK` is matched even when push messages arrive first; the messages are kept. A
 /// RESP2 connection in subscribe mode rejects `AUTH` with
-/// `ERR Can't execute 'auth' … allowed in this context`, which means "reconnect", not
-/// "token rejected": the subscriber opens a replacement connection with the new
-/// credentials, subscribes it to the same channels and patterns, and only then
-/// unsubscribes and closes the old one. That happens before the old token expires, when
-/// Azure would close the old connection.
+/// `ERR Can't execute 'auth' … allowed in this context`. That means "reconnect", not
+/// "token rejected", so no refresh is forced. Instead the subscriber opens a replacement
+/// connection with the new credentials and subscribes it to the same channels and
+/// patterns. Only then does it unsubscribe and close the old one, before the old token
+/// expires and Azure would close it.
 ///
 /// No message is lost in the switch, but a message published while both connections are
 /// subscribed arrives twice. A connection that the server closed is replaced and
@@ -172,6 +172,7 @@ impl EntraPubSub {
         self.maintain()?;
         let unsubscribe = command.contains("UNSUB");
         let pattern = command.starts_with('P');
+
         let tracked = if pattern {
             &self.patterns
         } else {
@@ -186,6 +187,7 @@ impl EntraPubSub {
         if names.is_empty() {
             return Ok(());
         }
+
         let subscriber = self.current.as_mut().ok_or_else(closed_error)?;
         let result = send_subscription(
             &mut subscriber.connection,
@@ -197,6 +199,7 @@ impl EntraPubSub {
             self.current = None;
             return Err(error);
         }
+
         let tracked = if pattern {
             &mut self.patterns
         } else {

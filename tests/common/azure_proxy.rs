@@ -3,8 +3,8 @@
 //!
 //! It reads the JWT in every `AUTH [user] token` and `HELLO … AUTH user token`:
 //!
-//! - a token whose `exp` has passed is answered with `-WRONGPASS …` by the proxy itself,
-//!   and the command never reaches the server;
+//! - the proxy itself rejects a token whose `exp` has passed with `-WRONGPASS …`, and the
+//!   command never reaches the server;
 //! - after a successful authentication the connection is tied to that token's `exp`, and
 //!   the proxy closes the connection when `exp` passes without a newer successful `AUTH`;
 //! - a connection that has not authenticated gets `-NOAUTH …` for any other command, so a
@@ -70,9 +70,9 @@ struct Shared {
     upstream: SocketAddr,
     stop: AtomicBool,
     connections: Mutex<Vec<Arc<Connection>>>,
-    /// Error lines (without `-`) for the next authentications, answered by the proxy.
+    /// Error lines (without `-`) that the proxy sends in reply to the next authentications.
     auth_rejections: Mutex<VecDeque<String>>,
-    /// Error lines (without `-`) for the next other commands, answered by the proxy.
+    /// Error lines (without `-`) that the proxy sends in reply to the next other commands.
     command_rejections: Mutex<VecDeque<String>>,
     /// Close the connection that sends the next authentication, without forwarding it.
     close_on_next_auth: AtomicBool,
@@ -149,7 +149,7 @@ impl AzureProxy {
         }
     }
 
-    /// The URL for client connections, without credentials.
+    /// Returns the URL for client connections, without credentials.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
@@ -167,7 +167,7 @@ impl AzureProxy {
     }
 
     /// Closes the connection that sends the next `AUTH` or `HELLO … AUTH`, so its sender
-    /// sees an I/O error.
+    /// gets an I/O error.
     pub fn close_on_next_auth(&self) {
         self.shared.close_on_next_auth.store(true, Ordering::SeqCst);
     }
@@ -234,7 +234,7 @@ impl AzureProxy {
 impl Drop for AzureProxy {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        // Wakes the acceptor, which then sees the stop flag.
+        // Wakes the acceptor, which then reads the stop flag.
         let _ = TcpStream::connect(("127.0.0.1", self.port));
         self.close_all();
         for thread in self.threads.drain(..) {
@@ -297,7 +297,7 @@ fn expiry_loop(shared: &Shared) {
                 !state.closed && deadline.is_some_and(|exp| now >= exp as f64)
             };
             if expired {
-                // Counted first, so a client that sees the close also sees the count.
+                // Counted first, so a client that notices the close can read the count.
                 shared.closed_at_expiry.fetch_add(1, Ordering::SeqCst);
                 connection.close();
             }
