@@ -1,27 +1,4 @@
 //! A synchronous Redis connection that authenticates with the provider's credentials.
-//!
-//! # When a command is sent again
-//!
-//! A command is sent at most twice, and the second time only when the first attempt
-//! cannot have run on the server:
-//!
-//! - The server answered it with `WRONGPASS` (in any of its forms), so authentication
-//!   failed and nothing ran. The connection authenticates with a newer token, forcing a
-//!   refresh if none has arrived, and sends the command once more. A second rejection is
-//!   returned to the caller.
-//! - Writing a single command to the socket failed. Redis runs only complete commands, and
-//!   a failed write leaves the command incomplete, so the connection is replaced and the
-//!   command is sent on the new one.
-//!
-//! A command whose bytes were all written may have run, even when its reply is lost to a
-//! reset, an end of file or a timeout. It is never sent again: the error is returned, and
-//! the next command reconnects. A pipeline is sent again only when every reply in it was a
-//! `WRONGPASS`, and a failed pipeline write is returned, because its first commands may
-//! have reached the server complete.
-//!
-//! A connection whose token has expired is known to be closed (Azure closes it at the
-//! token's expiry), so it is replaced before the next command is written, which needs no
-//! retry at all.
 
 use std::sync::mpsc::Sender;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -46,7 +23,30 @@ use crate::{Credentials, Error};
 /// `EXEC`/`DISCARD`, and it never sends an expired token. A connection the server closed,
 /// or whose token has expired, is replaced with the current credentials before the next
 /// command. After `WRONGPASS` it authenticates with a newer token and sends the command
-/// once more; the module documentation lists when a command is sent again.
+/// once more.
+///
+/// # When a command is sent again
+///
+/// A command is sent at most twice, and the second time only when the first attempt
+/// cannot have run on the server:
+///
+/// - The server replied to it with `WRONGPASS` (in any of its forms), so authentication
+///   failed and nothing ran. The connection authenticates with a newer token, forcing a
+///   refresh if none has arrived, and sends the command once more. A second rejection is
+///   returned to the caller.
+/// - Writing a single command to the socket failed. Redis runs only complete commands, and
+///   a failed write leaves the command incomplete, so the connection is replaced and the
+///   command is sent on the new one.
+///
+/// A command whose bytes were all written may have run, even when its reply is lost to a
+/// reset, an end of file or a timeout. It is never sent again: the error is returned, and
+/// the next command reconnects. A pipeline is sent again only when every reply in it was a
+/// `WRONGPASS`, and a failed pipeline write is returned, because its first commands may
+/// have reached the server complete.
+///
+/// Nothing is sent again between `MULTI` and `EXEC`. A connection whose token has expired
+/// is known to be closed (Azure closes it at the token's expiry), so it is replaced before
+/// the next command is written, which needs no retry at all.
 pub struct EntraConnection {
     info: ConnectionInfo,
     provider: EntraIdProvider,
