@@ -310,6 +310,8 @@ fn run(shared: &Shared, source: &dyn TokenSource) {
         match action {
             Action::RequestToken => {
                 drop(inner);
+                // NOTE: a panic in a token source (a parser bug, or a custom source) ends
+                // this thread, and with it renewal for every connection of the provider.
                 let outcome = steps::run_exchange(&agent, source);
                 inner = shared.lock();
                 inner.manager.handle_response(SystemTime::now(), outcome);
