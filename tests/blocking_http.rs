@@ -318,3 +318,61 @@ fn credentials_come_from_oid_claim() {
     assert_eq!(credentials.password(), token);
     assert!(!format!("{credentials:?}").contains(&token));
 }
+
+/// Panics in its first exchange, as a parser bug would, then serves a valid token.
+struct PanicsOnce {
+    exchanges: AtomicUsize,
+    token: redis_entraid::Token,
+}
+
+struct Panicking;
+
+impl redis_entraid::Exchange for Panicking {
+    fn start(&mut self, _now: std::time::SystemTime) -> redis_entraid::Next {
+        panic!("deliberate panic in a token source");
+    }
+
+    fn resume(
+        &mut self,
+        now: std::time::SystemTime,
+        _output: Result<redis_entraid::StepOutput, Error>,
+    ) -> redis_entraid::Next {
+        self.start(now)
+    }
+}
+
+impl redis_entraid::TokenSource for PanicsOnce {
+    fn name(&self) -> &str {
+        "panics once"
+    }
+
+    fn exchange(&self) -> Box<dyn redis_entraid::Exchange> {
+        if self.exchanges.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Box::new(Panicking);
+        }
+        redis_entraid::StaticToken::new(self.token.clone()).exchange()
+    }
+}
+
+#[test]
+fn panicking_token_source_is_retried() {
+    let expires = std::time::SystemTime::now() + Duration::from_secs(3600);
+    let exp = expires
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let source = PanicsOnce {
+        exchanges: AtomicUsize::new(0),
+        token: redis_entraid::Token::new(jwt(OID, exp, 1), expires),
+    };
+    let policy = redis_entraid::RefreshPolicy::default()
+        .with_initial_backoff(Duration::from_millis(50))
+        .with_max_backoff(Duration::from_millis(100));
+    let provider = EntraIdProvider::builder(source)
+        .refresh_policy(policy)
+        .start();
+    let credentials = provider
+        .get_credentials_timeout(Duration::from_secs(5))
+        .expect("renewal survives the panic");
+    assert_eq!(credentials.username(), OID);
+}

@@ -3,16 +3,18 @@
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::BuildHasher;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use log::debug;
+use log::{debug, warn};
 
 use super::{http, steps};
 use crate::{
-    Action, Credentials, Error, Event, RefreshPolicy, State, TokenManager, TokenSource, Username,
+    Action, Credentials, Error, Event, RefreshPolicy, State, Token, TokenManager, TokenSource,
+    Username,
 };
 
 /// How long [`EntraIdProvider::get_credentials`] waits for the first token by default.
@@ -310,9 +312,7 @@ fn run(shared: &Shared, source: &dyn TokenSource) {
         match action {
             Action::RequestToken => {
                 drop(inner);
-                // NOTE: a panic in a token source (a parser bug, or a custom source) ends
-                // this thread, and with it renewal for every connection of the provider.
-                let outcome = steps::run_exchange(&agent, source);
+                let outcome = run_exchange_guarded(&agent, source);
                 inner = shared.lock();
                 inner.manager.handle_response(SystemTime::now(), outcome);
                 publish_events(shared, &mut inner);
@@ -329,6 +329,20 @@ fn run(shared: &Shared, source: &dyn TokenSource) {
             }
         }
     }
+}
+
+/// Runs one token attempt, turning a panic in the token source (a parser bug, or a custom
+/// source) into a transient error, so the renewal thread and its retries survive it.
+fn run_exchange_guarded(agent: &ureq::Agent, source: &dyn TokenSource) -> Result<Token, Error> {
+    let attempt = std::panic::catch_unwind(AssertUnwindSafe(|| steps::run_exchange(agent, source)));
+    attempt.unwrap_or_else(|_| {
+        warn!("the {} token source panicked; retrying", source.name());
+        Err(Error::Io {
+            operation: format!("run the {} token source", source.name()),
+            kind: std::io::ErrorKind::Other,
+            reason: "it panicked; the panic message went to standard error".to_owned(),
+        })
+    })
 }
 
 fn publish_events(shared: &Shared, inner: &mut Inner) {
