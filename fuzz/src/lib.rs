@@ -323,7 +323,7 @@ const ARC_KEY_DIRECTORY: &str = "/fuzz/azcmagent/tokens";
 ///
 /// Panics when a 2xx response gives another result than `parse_token_response` (Azure
 /// Arc: anything but a configuration error, because its first response must be a
-/// challenge), when an error response is classified against the environment's retry
+/// challenge), when an error response is classified contrary to the environment's retry
 /// rules or depends on body text outside the fields the parsers read, or when an Azure
 /// Arc challenge leads to a key file outside the key directory or to a token request
 /// without the key.
