@@ -48,9 +48,10 @@ fn parse_time_and_offset(text: &str) -> Option<(i64, i64)> {
         return None;
     }
     rest = rest.trim_start();
+    // `get` keeps a multi-byte character after the clock from being split.
     let meridiem = ["AM", "PM"]
         .into_iter()
-        .find(|m| rest.len() >= 2 && rest[..2].eq_ignore_ascii_case(m));
+        .find(|m| rest.get(..2).is_some_and(|r| r.eq_ignore_ascii_case(m)));
     if let Some(meridiem) = meridiem {
         if !(1..=12).contains(&hour) {
             return None;
@@ -75,7 +76,8 @@ fn parse_offset(text: &str) -> Option<i64> {
         _ => return None,
     };
     let digits: String = text[1..].chars().filter(|&c| c != ':').collect();
-    if digits.len() != 4 {
+    // Checked before slicing, which would split a multi-byte character.
+    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     let hours = number(&digits[..2], 2, 2)?;
@@ -158,6 +160,19 @@ mod tests {
             "20-01-16 05:24:12",
         ] {
             assert_eq!(parse_date(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn multi_byte_characters_are_rejected_without_panic() {
+        for text in [
+            "06/20/2019 02:57:58\u{FFFD}\u{7} +00:00",
+            "06/20/2019 02:57:58 \u{20AC}",
+            "2020-01-16 05:24:12 +\u{20AC}1",
+            "2020-01-16 05:24:12 -1\u{E9}",
+            "2020-01-16T05:24:12\u{FFFD}",
+        ] {
+            assert_eq!(parse_date(text), None, "{text:?}");
         }
     }
 

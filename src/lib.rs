@@ -13,6 +13,9 @@ mod http;
 mod managed_identity;
 mod manager;
 mod policy;
+// Used only by the runtime adapters.
+#[cfg_attr(not(feature = "blocking"), allow(dead_code))]
+mod reply;
 mod response;
 mod secret;
 mod source;

@@ -163,8 +163,8 @@ impl TokenManager {
     /// received at `now`.
     pub fn handle_response(&mut self, now: SystemTime, outcome: Result<Token, Error>) {
         self.in_flight = false;
-        self.forced = false;
-        match outcome.and_then(|token| self.accept(now, &token)) {
+        let forced = std::mem::take(&mut self.forced);
+        match outcome.and_then(|token| self.accept(now, &token, forced)) {
             Ok(Some(current)) => self.install(current),
             Ok(None) => self.schedule_retry(now, None),
             Err(error) if self.current.is_none() && !error.is_transient() => {
@@ -183,8 +183,15 @@ impl TokenManager {
     }
 
     /// Checks a token and maps it to credentials. `Ok(None)` means the token does not move
-    /// the expiry forward and changes nothing.
-    fn accept(&self, now: SystemTime, token: &Token) -> Result<Option<Current>, Error> {
+    /// the expiry forward and changes nothing. After a forced refresh, a different token
+    /// with the same expiry is taken too: the server rejected the current one, and
+    /// endpoints issue tokens with whole-second expiries.
+    fn accept(
+        &self,
+        now: SystemTime,
+        token: &Token,
+        forced: bool,
+    ) -> Result<Option<Current>, Error> {
         if token.expires_on() <= now {
             return Err(Error::InvalidResponse {
                 status: 200,
@@ -193,7 +200,7 @@ impl TokenManager {
         }
         let credentials = self.username.credentials_for(token)?;
         if let Some(current) = &self.current
-            && token.expires_on() <= current.credentials.expires_on()
+            && !moves_forward(&current.credentials, token, forced)
         {
             debug!("token does not expire later than the current one; keeping the current one");
             return Ok(None);
@@ -333,4 +340,12 @@ impl TokenManager {
         z ^= z >> 31;
         (z >> 11) as f64 / (1u64 << 53) as f64
     }
+}
+
+/// Returns true when `token` should replace `current`: it expires later, or, after a
+/// forced refresh, it is a different token that expires at the same time.
+fn moves_forward(current: &Credentials, token: &Token, forced: bool) -> bool {
+    let (old, new) = (current.expires_on(), token.expires_on());
+    new > old
+        || (forced && new == old && token.access_token().expose_secret() != current.password())
 }

@@ -3,7 +3,10 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use httpmock::prelude::*;
@@ -217,6 +220,59 @@ fn silent_endpoint_times_out_and_callers_are_answered() {
 }
 
 #[test]
+fn stalled_body_times_out_within_bound() {
+    // Sends headers announcing 900 bytes and 100 of them, then stalls each connection.
+    // The thread stays blocked in accept when the test ends, which ends with the process.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                        Content-Length: 900\r\n\r\n";
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&[b' '; 100]);
+            held.push(stream);
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let credential = ClientSecretCredential::new(TENANT, CLIENT_ID, CLIENT_SECRET)
+        .unwrap()
+        .with_authority_host(&format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .with_request_timeout(Duration::from_secs(1));
+    let policy = redis_entraid::RefreshPolicy::default()
+        .with_initial_backoff(Duration::from_millis(100))
+        .with_max_backoff(Duration::from_millis(200));
+    let provider = EntraIdProvider::builder(credential)
+        .refresh_policy(policy)
+        .start();
+    let started = Instant::now();
+    // Three attempts of 1 s each and two short backoffs end within this wait.
+    let error = provider
+        .get_credentials_timeout(Duration::from_millis(3500))
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(4));
+    let error = last_error(error);
+    assert!(
+        matches!(
+            error,
+            Error::Transport {
+                timed_out: true,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(accepted.load(Ordering::SeqCst) >= 3, "three attempts");
+}
+
+#[test]
 fn renewal_continues_while_any_clone_lives() {
     let endpoint = TokenEndpoint::start(Duration::from_secs(2), None);
     let first = EntraIdProvider::new(endpoint.credential());
@@ -261,4 +317,62 @@ fn credentials_come_from_oid_claim() {
     assert_eq!(credentials.username(), OID);
     assert_eq!(credentials.password(), token);
     assert!(!format!("{credentials:?}").contains(&token));
+}
+
+/// Panics in its first exchange, as a parser bug would, then serves a valid token.
+struct PanicsOnce {
+    exchanges: AtomicUsize,
+    token: redis_entraid::Token,
+}
+
+struct Panicking;
+
+impl redis_entraid::Exchange for Panicking {
+    fn start(&mut self, _now: std::time::SystemTime) -> redis_entraid::Next {
+        panic!("deliberate panic in a token source");
+    }
+
+    fn resume(
+        &mut self,
+        now: std::time::SystemTime,
+        _output: Result<redis_entraid::StepOutput, Error>,
+    ) -> redis_entraid::Next {
+        self.start(now)
+    }
+}
+
+impl redis_entraid::TokenSource for PanicsOnce {
+    fn name(&self) -> &str {
+        "panics once"
+    }
+
+    fn exchange(&self) -> Box<dyn redis_entraid::Exchange> {
+        if self.exchanges.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Box::new(Panicking);
+        }
+        redis_entraid::StaticToken::new(self.token.clone()).exchange()
+    }
+}
+
+#[test]
+fn panicking_token_source_is_retried() {
+    let expires = std::time::SystemTime::now() + Duration::from_secs(3600);
+    let exp = expires
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let source = PanicsOnce {
+        exchanges: AtomicUsize::new(0),
+        token: redis_entraid::Token::new(jwt(OID, exp, 1), expires),
+    };
+    let policy = redis_entraid::RefreshPolicy::default()
+        .with_initial_backoff(Duration::from_millis(50))
+        .with_max_backoff(Duration::from_millis(100));
+    let provider = EntraIdProvider::builder(source)
+        .refresh_policy(policy)
+        .start();
+    let credentials = provider
+        .get_credentials_timeout(Duration::from_secs(5))
+        .expect("renewal survives the panic");
+    assert_eq!(credentials.username(), OID);
 }

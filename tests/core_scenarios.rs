@@ -1038,6 +1038,31 @@ fn forced_refreshes_coalesce_into_one_request() {
 }
 
 #[test]
+fn forced_refresh_takes_other_token_with_same_expiry() {
+    // Both tokens expire at T0 + HOUR: a forced refresh in the same second as the first
+    // request, after Redis rejected token A, takes B; the cached A again changes nothing.
+    let token_a = jwt(OID, T0 + HOUR, 1);
+    let token_b = jwt(OID, T0 + HOUR, 2);
+    let mut requests = 0;
+    let mut driver = Driver::new(at(T0), Username::ObjectId, move |now| {
+        requests += 1;
+        let token = if requests == 2 { &token_b } else { &token_a };
+        entra_response(token, T0 + HOUR - unix_seconds(now), now)
+    });
+    driver.run_until(at(T0));
+    driver.force_refresh();
+    driver.run_until(at(T0));
+    assert_eq!(driver.requests.len(), 2);
+    let changes = driver.credential_changes();
+    assert_eq!(changes.len(), 2);
+    assert_ne!(changes[0].1.password(), changes[1].1.password());
+
+    // An unforced refresh that returns a token expiring no later changes nothing.
+    driver.run_until(at(T0 + 2600));
+    assert_eq!(driver.credential_changes().len(), 2);
+}
+
+#[test]
 fn force_refresh_during_request_adds_none() {
     let mut driver = Driver::issuing(at(T0), HOUR).with_latency(Duration::from_secs(2));
     driver.run_until(at(T0 + 600));

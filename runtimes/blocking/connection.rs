@@ -1,13 +1,16 @@
 //! A synchronous Redis connection that authenticates with the provider's credentials.
 
-use std::time::Duration;
+use std::sync::mpsc::Sender;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::debug;
 use redis::{
-    ConnectionInfo, ConnectionLike, ErrorKind, IntoConnectionInfo, RedisError, RedisResult, Value,
+    Cmd, ConnectionInfo, ConnectionLike, ErrorKind, IntoConnectionInfo, PushInfo, RedisError,
+    RedisResult, Value,
 };
 
 use super::provider::EntraIdProvider;
+use crate::reply::{ErrorReply, classify_error_reply};
 use crate::{Credentials, Error};
 
 /// A Redis connection that authenticates with Entra ID credentials and re-authenticates
@@ -17,16 +20,61 @@ use crate::{Credentials, Error};
 /// transactions. Before each command it compares the provider's generation with the one
 /// it authenticated with (one atomic load); after a renewal it sends
 /// `AUTH <username> <token>` first. It never re-authenticates between `MULTI` and
-/// `EXEC`/`DISCARD`, and it never sends an expired token. A connection the server closed
-/// is replaced, with the current credentials, before the next command.
+/// `EXEC`/`DISCARD`, and it never sends an expired token. A connection the server closed,
+/// or whose token has expired, is replaced with the current credentials before the next
+/// command. After `WRONGPASS` it authenticates with a newer token and sends the command
+/// once more.
+///
+/// # When a command is sent again
+///
+/// A command is sent at most twice, and the second time only when the first attempt
+/// cannot have run on the server:
+///
+/// - The server replied to it with `WRONGPASS` (in any of its forms), so authentication
+///   failed and nothing ran. The connection authenticates with a newer token, forcing a
+///   refresh if none has arrived, and sends the command once more. A second rejection is
+///   returned to the caller.
+/// - Writing a single command to the socket failed. Redis runs only complete commands, and
+///   a failed write leaves the command incomplete, so the connection is replaced and the
+///   command is sent on the new one.
+///
+/// A command whose bytes were all written may have run, even when its reply is lost to a
+/// reset, an end of file or a timeout. It is never sent again: the error is returned, and
+/// the next command reconnects. A pipeline is sent again only when every reply in it was a
+/// `WRONGPASS`, and a failed pipeline write is returned, because its first commands may
+/// have reached the server complete.
+///
+/// Nothing is sent again between `MULTI` and `EXEC`. A connection whose token has expired
+/// is known to be closed (Azure closes it at the token's expiry), so it is replaced before
+/// the next command is written, which needs no retry at all.
 pub struct EntraConnection {
     info: ConnectionInfo,
     provider: EntraIdProvider,
     connection: Option<redis::Connection>,
+    /// The provider generation of the credentials this connection last authenticated with.
     generation: u64,
+    /// When those credentials expire; the server closes the connection then.
+    expires_on: SystemTime,
     in_transaction: bool,
     authentications: u64,
     connect_timeout: Option<Duration>,
+    push_sender: Option<Sender<PushInfo>>,
+}
+
+/// The outcome of one attempt to send a command.
+enum Attempt {
+    /// The command was not written completely, so it cannot have run.
+    NotSent(RedisError),
+    /// The command was written; this is its reply or the failure to read it.
+    Sent(RedisResult<Value>),
+}
+
+/// The outcome of an `AUTH` on an open connection.
+enum AuthOutcome {
+    Accepted,
+    /// The server rejected the credentials (`WRONGPASS`).
+    Rejected(RedisError),
+    Failed(RedisError),
 }
 
 impl EntraConnection {
@@ -49,11 +97,13 @@ impl EntraConnection {
             provider: provider.clone(),
             connection: None,
             generation: 0,
+            expires_on: UNIX_EPOCH,
             in_transaction: false,
             authentications: 0,
             connect_timeout,
+            push_sender: None,
         };
-        connection.reconnect()?;
+        connection.connect()?;
         Ok(connection)
     }
 
@@ -67,72 +117,222 @@ impl EntraConnection {
         &self.provider
     }
 
-    fn reconnect(&mut self) -> RedisResult<()> {
+    /// Returns true when the token this connection authenticated with has expired, so the
+    /// next command reconnects first.
+    pub fn token_expired(&self) -> bool {
+        SystemTime::now() >= self.expires_on
+    }
+
+    /// Sends RESP3 push messages (pub/sub messages included) to `sender`, on this
+    /// connection and on every connection that replaces it.
+    ///
+    /// Pushes are read while a reply is awaited, so an in-band `AUTH` after a renewal
+    /// matches its `+OK` even when messages arrive first. Subscriptions are not restored
+    /// on a replacement connection; use [`EntraPubSub`](super::EntraPubSub) for that.
+    pub fn set_push_sender(&mut self, sender: Sender<PushInfo>) {
+        if let Some(connection) = self.connection.as_mut() {
+            connection.set_push_sender(sender.clone());
+        }
+        self.push_sender = Some(sender);
+    }
+
+    /// Opens a new connection with the provider's current credentials. When the server
+    /// rejects them, it retries once with newer ones.
+    fn connect(&mut self) -> RedisResult<()> {
         self.connection = None;
         self.in_transaction = false;
-        let (generation, credentials) = self
-            .provider
-            .snapshot_timeout(self.provider.first_token_timeout());
+        let timeout = self.provider.first_token_timeout();
+        let (generation, credentials) = self.provider.snapshot_timeout(timeout);
         let credentials = credentials.map_err(to_redis_error)?;
-        let settings = self
-            .info
-            .redis_settings()
-            .clone()
-            .set_username(credentials.username())
-            .set_password(credentials.password());
-        let info = self.info.clone().set_redis_settings(settings);
-        let client = redis::Client::open(info)?;
-        let connection = match self.connect_timeout {
-            Some(timeout) => client.get_connection_with_timeout(timeout)?,
-            None => client.get_connection()?,
-        };
+        match self.open_with(generation, &credentials) {
+            Err(error) if is_rejection(&error) => {
+                debug!("Redis rejected the token at connect; asking for a newer one");
+                let Some((generation, credentials)) =
+                    self.provider.credentials_after_rejection(generation)
+                else {
+                    return Err(error);
+                };
+                self.open_with(generation, &credentials)
+            }
+            other => other,
+        }
+    }
+
+    fn open_with(&mut self, generation: u64, credentials: &Credentials) -> RedisResult<()> {
+        let connection = open_redis(&self.info, credentials, self.connect_timeout)?;
         debug!("connected to Redis as {}", credentials.username());
         self.connection = Some(connection);
-        self.generation = generation;
-        self.authentications += 1;
+        if let (Some(connection), Some(sender)) = (&mut self.connection, &self.push_sender) {
+            connection.set_push_sender(sender.clone());
+        }
+        self.record_authentication(generation, credentials);
         Ok(())
     }
 
-    /// Brings the connection up to date before a command: reconnects a closed one and
-    /// re-authenticates after a renewal, unless a transaction is open.
-    fn prepare(&mut self) -> RedisResult<&mut redis::Connection> {
-        let open = self.connection.as_ref().is_some_and(|c| c.is_open());
-        if !open && !self.in_transaction {
-            self.reconnect()?;
-        } else if !self.in_transaction && self.provider.generation() != self.generation {
-            self.reauthenticate()?;
+    fn record_authentication(&mut self, generation: u64, credentials: &Credentials) {
+        self.generation = generation;
+        self.expires_on = credentials.expires_on();
+        self.authentications += 1;
+    }
+
+    /// Brings the connection up to date before a command: replaces a closed or expired
+    /// one and re-authenticates after a renewal, unless a transaction is open.
+    fn prepare(&mut self) -> RedisResult<()> {
+        if self.in_transaction {
+            // An AUTH or a new connection would break the open transaction.
+            return match self.connection {
+                Some(_) => Ok(()),
+                None => Err(closed_error()),
+            };
         }
-        self.connection
-            .as_mut()
-            .ok_or_else(|| RedisError::from((ErrorKind::Io, "connection to Redis was closed")))
+        if !self.is_open() || self.token_expired() {
+            return self.connect();
+        }
+        if self.provider.generation() == self.generation {
+            return Ok(());
+        }
+        match self.reauthenticate() {
+            // The AUTH did not get through; a new connection authenticates in its handshake.
+            Err(error) if self.connection.is_none() => {
+                debug!("re-authentication failed ({error}); reconnecting");
+                self.connect()
+            }
+            other => other,
+        }
     }
 
     fn reauthenticate(&mut self) -> RedisResult<()> {
         let (generation, credentials) = self.provider.snapshot_timeout(Duration::ZERO);
         let credentials = match credentials {
             Ok(credentials) => credentials,
-            // The token expired and no new one has arrived: sending it would be useless,
-            // so the connection keeps its old authentication until a new token arrives.
+            // The newest token has expired too: sending it is useless. The connection keeps
+            // its authentication and is replaced once its own token expires.
             Err(Error::TokenExpired { .. }) => return Ok(()),
             Err(error) => return Err(to_redis_error(error)),
         };
-        let Some(connection) = self.connection.as_mut() else {
-            return self.reconnect();
+        match self.send_auth(generation, &credentials) {
+            AuthOutcome::Accepted => Ok(()),
+            AuthOutcome::Failed(error) => Err(error),
+            AuthOutcome::Rejected(error) => self.authenticate_after_rejection(generation, error),
+        }
+    }
+
+    /// Authenticates with credentials newer than `rejected`, or returns `error` when none
+    /// arrive in time.
+    fn authenticate_after_rejection(
+        &mut self,
+        rejected: u64,
+        error: RedisError,
+    ) -> RedisResult<()> {
+        let Some((generation, credentials)) = self.provider.credentials_after_rejection(rejected)
+        else {
+            return Err(error);
         };
-        match send_auth(connection, &credentials) {
-            Ok(()) => {
-                debug!("re-authenticated as {}", credentials.username());
-                self.generation = generation;
-                self.authentications += 1;
-                Ok(())
+        if self.connection.is_none() {
+            return self.open_with(generation, &credentials);
+        }
+        match self.send_auth(generation, &credentials) {
+            AuthOutcome::Accepted => Ok(()),
+            AuthOutcome::Rejected(error) | AuthOutcome::Failed(error) => Err(error),
+        }
+    }
+
+    fn send_auth(&mut self, generation: u64, credentials: &Credentials) -> AuthOutcome {
+        let auth = redis::cmd("AUTH")
+            .arg(credentials.username())
+            .arg(credentials.password())
+            .get_packed_command();
+        let reply = match self.send(&auth) {
+            Attempt::Sent(Ok(reply)) => reply,
+            Attempt::Sent(Err(error)) | Attempt::NotSent(error) => {
+                // The connection's state is unknown: replace it.
+                self.connection = None;
+                return AuthOutcome::Failed(error);
             }
-            Err(error) => {
-                if error.is_unrecoverable_error() || error.is_io_error() {
-                    self.connection = None;
-                }
-                Err(error)
+        };
+        match reply {
+            Value::Okay => {
+                debug!("re-authenticated as {}", credentials.username());
+                self.record_authentication(generation, credentials);
+                AuthOutcome::Accepted
+            }
+            reply if is_rejection_reply(&reply) => {
+                debug!("Redis rejected the token of generation {generation}");
+                AuthOutcome::Rejected(into_error(reply))
+            }
+            reply => AuthOutcome::Failed(into_error(reply)),
+        }
+    }
+
+    /// Writes `packed` and reads its reply, skipping RESP3 pushes as the `redis` crate does
+    /// (they still reach the push sender).
+    fn send(&mut self, packed: &[u8]) -> Attempt {
+        let Some(connection) = self.connection.as_mut() else {
+            return Attempt::NotSent(closed_error());
+        };
+        if let Err(error) = connection.send_packed_command(packed) {
+            return Attempt::NotSent(error);
+        }
+        loop {
+            match connection.recv_response() {
+                Ok(Value::Push { .. }) => continue,
+                other => return Attempt::Sent(other),
             }
         }
+    }
+
+    /// Sends one command, and sends it again when the module's rules allow.
+    fn send_command(&mut self, packed: &[u8]) -> RedisResult<Value> {
+        self.prepare()?;
+        match self.send(packed) {
+            Attempt::NotSent(error) if !self.in_transaction => {
+                debug!("command not sent ({error}); reconnecting to send it again");
+                self.connection = None;
+                self.prepare()?;
+                self.send_again(packed)
+            }
+            Attempt::Sent(Ok(reply)) if !self.in_transaction && is_rejection_reply(&reply) => {
+                let rejected = self.generation;
+                let error = into_error(reply.clone());
+                if self.authenticate_after_rejection(rejected, error).is_err() {
+                    return Ok(reply);
+                }
+                self.send_again(packed)
+            }
+            Attempt::NotSent(error) => Err(error),
+            Attempt::Sent(result) => result,
+        }
+    }
+
+    fn send_again(&mut self, packed: &[u8]) -> RedisResult<Value> {
+        match self.send(packed) {
+            Attempt::NotSent(error) => Err(error),
+            Attempt::Sent(result) => result,
+        }
+    }
+
+    fn send_pipeline(
+        &mut self,
+        packed: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> RedisResult<Vec<Value>> {
+        self.prepare()?;
+        let connection = self.connection.as_mut().ok_or_else(closed_error)?;
+        let replies = connection.req_packed_commands(packed, offset, count)?;
+        let all_rejected = !replies.is_empty() && replies.iter().all(is_rejection_reply);
+        if !all_rejected || self.in_transaction {
+            return Ok(replies);
+        }
+        let error = into_error(replies[0].clone());
+        if self
+            .authenticate_after_rejection(self.generation, error)
+            .is_err()
+        {
+            return Ok(replies);
+        }
+        let connection = self.connection.as_mut().ok_or_else(closed_error)?;
+        connection.req_packed_commands(packed, offset, count)
     }
 
     fn track_transaction(&mut self, packed: &[u8]) {
@@ -159,24 +359,77 @@ impl EntraConnection {
     }
 }
 
-fn send_auth(connection: &mut redis::Connection, credentials: &Credentials) -> RedisResult<()> {
-    redis::cmd("AUTH")
-        .arg(credentials.username())
-        .arg(credentials.password())
-        .query::<()>(connection)
+/// Opens a `redis` connection authenticated with `credentials`.
+fn open_redis(
+    info: &ConnectionInfo,
+    credentials: &Credentials,
+    connect_timeout: Option<Duration>,
+) -> RedisResult<redis::Connection> {
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_username(credentials.username())
+        .set_password(credentials.password());
+    let client = redis::Client::open(info.clone().set_redis_settings(settings))?;
+    match connect_timeout {
+        Some(timeout) => client.get_connection_with_timeout(timeout),
+        None => client.get_connection(),
+    }
 }
 
-/// Reads the command name from a RESP-encoded command (`*N\r\n$len\r\nNAME\r\n…`).
-fn command_name(packed: &[u8]) -> Option<&[u8]> {
+/// Returns true when a connection attempt failed because the server rejected the
+/// credentials. The `redis` crate reports a rejected handshake `AUTH` or `HELLO` as
+/// [`ErrorKind::AuthenticationFailed`], without the server's text.
+pub(crate) fn is_rejection(error: &RedisError) -> bool {
+    error.kind() == ErrorKind::AuthenticationFailed
+        || error.code().is_some_and(|code| {
+            classify_error_reply(code, error.detail().unwrap_or(""))
+                == ErrorReply::CredentialsRejected
+        })
+}
+
+/// Classifies a server error reply; anything else is [`ErrorReply::Other`].
+pub(crate) fn classify_reply(reply: &Value) -> ErrorReply {
+    match reply {
+        Value::ServerError(error) => {
+            classify_error_reply(error.code(), error.details().unwrap_or(""))
+        }
+        _ => ErrorReply::Other,
+    }
+}
+
+fn is_rejection_reply(reply: &Value) -> bool {
+    classify_reply(reply) == ErrorReply::CredentialsRejected
+}
+
+fn into_error(reply: Value) -> RedisError {
+    match reply.extract_error() {
+        Err(error) => error,
+        Ok(other) => RedisError::from((
+            ErrorKind::UnexpectedReturnType,
+            "unexpected reply to AUTH",
+            format!("{other:?}"),
+        )),
+    }
+}
+
+pub(crate) fn closed_error() -> RedisError {
+    RedisError::from((ErrorKind::Io, "connection to Redis was closed"))
+}
+
+/// Reads the command name from a RESP-encoded command (`*N\r\n$len\r\nNAME\r\n…`), or
+/// returns `None` when `packed` does not start with one.
+pub(crate) fn command_name(packed: &[u8]) -> Option<&[u8]> {
     let rest = packed.strip_prefix(b"*")?;
     let rest = &rest[rest.iter().position(|&b| b == b'\n')? + 1..];
     let rest = rest.strip_prefix(b"$")?;
     let line_end = rest.iter().position(|&b| b == b'\r')?;
     let len: usize = std::str::from_utf8(&rest[..line_end]).ok()?.parse().ok()?;
-    rest.get(line_end + 2..line_end + 2 + len)
+    let start = line_end.checked_add(2)?;
+    rest.get(start..start.checked_add(len)?)
 }
 
-fn to_redis_error(error: Error) -> RedisError {
+pub(crate) fn to_redis_error(error: Error) -> RedisError {
     let kind = match error {
         Error::Config { .. } => ErrorKind::InvalidClientConfig,
         _ => ErrorKind::AuthenticationFailed,
@@ -186,7 +439,7 @@ fn to_redis_error(error: Error) -> RedisError {
 
 impl ConnectionLike for EntraConnection {
     fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
-        let result = self.prepare().and_then(|c| c.req_packed_command(cmd));
+        let result = self.send_command(cmd);
         if result.is_ok() {
             self.track_transaction(cmd);
         }
@@ -199,9 +452,20 @@ impl ConnectionLike for EntraConnection {
         offset: usize,
         count: usize,
     ) -> RedisResult<Vec<Value>> {
-        let result = self
-            .prepare()
-            .and_then(|c| c.req_packed_commands(cmd, offset, count));
+        let result = self.send_pipeline(cmd, offset, count);
+        self.after_command(result)
+    }
+
+    fn req_command(&mut self, cmd: &Cmd) -> RedisResult<Value> {
+        if !cmd.is_no_response() {
+            return self.req_packed_command(&cmd.get_packed_command());
+        }
+        // A command without a reply, such as SUBSCRIBE on RESP3: write it and return.
+        let result = self.prepare().and_then(|()| {
+            let connection = self.connection.as_mut().ok_or_else(closed_error)?;
+            connection.send_packed_command(&cmd.get_packed_command())?;
+            Ok(Value::Nil)
+        });
         self.after_command(result)
     }
 
@@ -210,7 +474,7 @@ impl ConnectionLike for EntraConnection {
     }
 
     fn check_connection(&mut self) -> bool {
-        self.prepare().is_ok_and(|c| c.check_connection())
+        redis::cmd("PING").query::<String>(self).is_ok()
     }
 
     fn is_open(&self) -> bool {
@@ -231,5 +495,54 @@ mod tests {
         );
         assert_eq!(command_name(b"PING\r\n"), None);
         assert_eq!(command_name(b"*1\r\n$9\r\nEX"), None);
+    }
+
+    #[test]
+    fn command_name_rejects_absurd_lengths() {
+        let huge = format!("*1\r\n${}\r\nGET\r\n", usize::MAX);
+        assert_eq!(command_name(huge.as_bytes()), None);
+        assert_eq!(command_name(b"*1\r\n$-1\r\n"), None);
+        assert_eq!(command_name(b"*1\r\n$\r\n"), None);
+        assert_eq!(command_name(b"*"), None);
+        assert_eq!(command_name(b""), None);
+    }
+
+    /// Feeds random bytes and mutated commands to the reader, which the fuzz crate cannot
+    /// reach because it builds without the `blocking` feature. The reader must not panic,
+    /// and a name it returns must lie inside the input.
+    #[test]
+    fn command_name_survives_random_input() {
+        let seeds: [&[u8]; 4] = [
+            b"*1\r\n$5\r\nMULTI\r\n",
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n",
+            b"*1\r\n$18446744073709551615\r\nX\r\n",
+            b"*\n$\r",
+        ];
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            // xorshift64: reproducible, with no dependency.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..200_000 {
+            let mut input = seeds[round % seeds.len()].to_vec();
+            for _ in 0..(next() % 4) {
+                let at = (next() as usize) % (input.len() + 1);
+                match next() % 3 {
+                    0 if at < input.len() => input[at] = next() as u8,
+                    1 => input.insert(at, b"*$\r\n0123456789"[(next() % 14) as usize]),
+                    _ if at < input.len() => {
+                        input.remove(at);
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(name) = command_name(&input) {
+                let start = name.as_ptr() as usize - input.as_ptr() as usize;
+                assert!(start + name.len() <= input.len(), "{input:?}");
+            }
+        }
     }
 }

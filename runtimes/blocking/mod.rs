@@ -7,8 +7,14 @@
 mod certificate;
 mod connection;
 mod local_time;
+#[cfg(feature = "r2d2")]
+mod pool;
 mod provider;
+mod pubsub;
 
 pub use connection::EntraConnection;
 pub use local_time::system_utc_offset;
+#[cfg(feature = "r2d2")]
+pub use pool::EntraConnectionManager;
 pub use provider::{DEFAULT_FIRST_TOKEN_TIMEOUT, EntraIdProvider, ProviderBuilder, Subscription};
+pub use pubsub::{DEFAULT_CHECK_INTERVAL, EntraPubSub};

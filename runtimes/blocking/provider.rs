@@ -3,16 +3,18 @@
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::BuildHasher;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use log::debug;
+use log::{debug, warn};
 
 use crate::io::{http, steps};
 use crate::{
-    Action, Credentials, Error, Event, RefreshPolicy, TokenManager, TokenSource, Username,
+    Action, Credentials, Error, Event, RefreshPolicy, State, Token, TokenManager, TokenSource,
+    Username,
 };
 
 /// How long [`EntraIdProvider::get_credentials`] waits for the first token by default.
@@ -197,6 +199,34 @@ impl EntraIdProvider {
         self.owner.shared.lock().manager.refresh_at()
     }
 
+    /// Returns credentials newer than those of `rejected`, the generation whose token
+    /// Redis rejected, waiting up to the first-token timeout.
+    ///
+    /// Forces a refresh unless the generation has already moved, so connections that meet
+    /// the same rejection together cause one token request. Returns `None` when no newer
+    /// credentials arrive in time: a token the server rejected is not sent again.
+    pub(crate) fn credentials_after_rejection(&self, rejected: u64) -> Option<(u64, Credentials)> {
+        let shared = &self.owner.shared;
+        if shared.generation.load(Ordering::Acquire) == rejected {
+            self.force_refresh();
+        }
+        let started = Instant::now();
+        let mut inner = shared.lock();
+        loop {
+            let generation = shared.generation.load(Ordering::Acquire);
+            if generation != rejected {
+                let credentials = inner.manager.credentials(SystemTime::now()).ok()?;
+                return Some((generation, credentials.clone()));
+            }
+            let waited = started.elapsed();
+            let failed = matches!(inner.manager.state(SystemTime::now()), State::Failed);
+            if waited >= self.first_token_timeout || inner.shutdown || failed {
+                return None;
+            }
+            inner = wait(&shared.changed, inner, self.first_token_timeout - waited);
+        }
+    }
+
     /// Subscribes to credential changes.
     pub fn subscribe(&self) -> Subscription {
         Subscription {
@@ -292,7 +322,7 @@ fn run(shared: &Shared, source: &dyn TokenSource) {
         match action {
             Action::RequestToken => {
                 drop(inner);
-                let outcome = steps::run_exchange(&agent, source);
+                let outcome = run_exchange_guarded(&agent, source);
                 inner = shared.lock();
                 inner.manager.handle_response(SystemTime::now(), outcome);
                 publish_events(shared, &mut inner);
@@ -309,6 +339,20 @@ fn run(shared: &Shared, source: &dyn TokenSource) {
             }
         }
     }
+}
+
+/// Runs one token attempt, turning a panic in the token source (a parser bug, or a custom
+/// source) into a transient error, so the renewal thread and its retries survive it.
+fn run_exchange_guarded(agent: &ureq::Agent, source: &dyn TokenSource) -> Result<Token, Error> {
+    let attempt = std::panic::catch_unwind(AssertUnwindSafe(|| steps::run_exchange(agent, source)));
+    attempt.unwrap_or_else(|_| {
+        warn!("the {} token source panicked; retrying", source.name());
+        Err(Error::Io {
+            operation: format!("run the {} token source", source.name()),
+            kind: std::io::ErrorKind::Other,
+            reason: "it panicked; the panic message went to standard error".to_owned(),
+        })
+    })
 }
 
 fn publish_events(shared: &Shared, inner: &mut Inner) {

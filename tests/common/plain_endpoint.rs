@@ -118,7 +118,10 @@ fn respond(stream: TcpStream, issuer: &Issuer) -> std::io::Result<()> {
 
     let expected = format!("POST {} ", token_path());
     let (status, body) = if request_line.starts_with(&expected) {
-        ("200 OK", issuer.issue())
+        match issuer.issue() {
+            (200, body) => ("200 OK", body),
+            (_, body) => ("503 Service Unavailable", body),
+        }
     } else {
         ("404 Not Found", r#"{"error":"not_found"}"#.to_owned())
     };

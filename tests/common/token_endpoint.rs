@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use httpmock::prelude::*;
 use httpmock::{HttpMockResponse, Mock};
@@ -31,6 +31,14 @@ struct State {
     serial: AtomicU64,
     /// When set, every request gets the most recently issued token again.
     repeat: AtomicBool,
+    /// When set, every request fails with HTTP 503.
+    down: AtomicBool,
+    /// When above 0, every request whose number is a multiple of it fails with HTTP 503.
+    fail_every: AtomicU64,
+    /// Counts the requests answered with an error.
+    failures: AtomicU64,
+    /// When each request arrived.
+    requested_at: Mutex<Vec<Instant>>,
     redis_url: Option<String>,
     lifetime: Duration,
 }
@@ -54,10 +62,11 @@ impl TokenEndpoint {
         server.mock(|when, then| {
             when.method(POST).path(token_path());
             then.respond_with(move |_| {
+                let (status, body) = responder.issue();
                 HttpMockResponse::builder()
-                    .status(200)
+                    .status(status)
                     .header("content-type", "application/json")
-                    .body(responder.issue())
+                    .body(body)
                     .build()
             });
         });
@@ -84,6 +93,26 @@ impl TokenEndpoint {
     pub fn requests(&self) -> u64 {
         self.issuer.requests()
     }
+
+    /// See [`Issuer::set_down`].
+    pub fn set_down(&self, down: bool) {
+        self.issuer.set_down(down);
+    }
+
+    /// See [`Issuer::fail_every`].
+    pub fn fail_every(&self, n: u64) {
+        self.issuer.fail_every(n);
+    }
+
+    /// See [`Issuer::failures`].
+    pub fn failures(&self) -> u64 {
+        self.issuer.failures()
+    }
+
+    /// See [`Issuer::request_times`].
+    pub fn request_times(&self) -> Vec<Instant> {
+        self.issuer.request_times()
+    }
 }
 
 /// A client-secret credential for the mock tenant at `base_url`.
@@ -108,6 +137,10 @@ impl Issuer {
             issued: Mutex::new(Vec::new()),
             serial: AtomicU64::new(0),
             repeat: AtomicBool::new(false),
+            down: AtomicBool::new(false),
+            fail_every: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            requested_at: Mutex::new(Vec::new()),
             redis_url,
             lifetime,
         });
@@ -124,8 +157,9 @@ impl Issuer {
         })
     }
 
-    /// Issues a token and returns the body of a successful token response.
-    pub fn issue(&self) -> String {
+    /// Issues a token and returns the status and body of the token response: 200 with a
+    /// token, or 503 while the endpoint is set to fail.
+    pub fn issue(&self) -> (u16, String) {
         issue(&self.state)
     }
 
@@ -139,7 +173,7 @@ impl Issuer {
         self.state.repeat.store(repeat, Ordering::SeqCst);
     }
 
-    /// Counts the token requests served.
+    /// Counts the token requests served, failed ones included.
     pub fn requests(&self) -> u64 {
         self.state.serial.load(Ordering::SeqCst)
     }
@@ -159,6 +193,26 @@ impl Issuer {
         for entry in valid {
             allow_token(url, entry.token.expose_secret());
         }
+    }
+
+    /// Makes every request fail with HTTP 503 (`true`), or succeed again (`false`).
+    pub fn set_down(&self, down: bool) {
+        self.state.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Makes every `n`th request fail with HTTP 503; 0 turns this off.
+    pub fn fail_every(&self, n: u64) {
+        self.state.fail_every.store(n, Ordering::SeqCst);
+    }
+
+    /// Counts the requests answered with HTTP 503.
+    pub fn failures(&self) -> u64 {
+        self.state.failures.load(Ordering::SeqCst)
+    }
+
+    /// When each request arrived, oldest first.
+    pub fn request_times(&self) -> Vec<Instant> {
+        self.state.requested_at.lock().unwrap().clone()
     }
 }
 
@@ -193,8 +247,14 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-fn issue(state: &State) -> String {
+fn issue(state: &State) -> (u16, String) {
     let serial = state.serial.fetch_add(1, Ordering::SeqCst) + 1;
+    state.requested_at.lock().unwrap().push(Instant::now());
+    let every = state.fail_every.load(Ordering::SeqCst);
+    if state.down.load(Ordering::SeqCst) || (every > 0 && serial.is_multiple_of(every)) {
+        state.failures.fetch_add(1, Ordering::SeqCst);
+        return (503, r#"{"error":"temporarily_unavailable"}"#.to_owned());
+    }
     let mut issued = state.issued.lock().unwrap();
     let reuse = state.repeat.load(Ordering::SeqCst) && !issued.is_empty();
     let entry = if reuse {
@@ -212,7 +272,7 @@ fn issue(state: &State) -> String {
         entry
     };
     let expires_in = entry.exp.saturating_sub(unix_now());
-    token_body(entry.token.expose_secret(), expires_in)
+    (200, token_body(entry.token.expose_secret(), expires_in))
 }
 
 /// Changes the ACL user named after `OID`. While the server restarts (see
