@@ -523,16 +523,17 @@ const DATE_NOW_UNIX_SECONDS: u64 = 253_402_300_799;
 /// and checks the result.
 ///
 /// Panics when parsing panics, when a failure is anything but an invalid-response error,
-/// or when a parsed time after 1970 does not come back unchanged from its RFC 3339 form
-/// and from App Service's Windows form (`1/16/2020 5:24:12 AM +00:00`).
+/// or when a parsed time from 1970 to 9999 does not come back unchanged from its RFC 3339
+/// form and from App Service's Windows form (`1/16/2020 5:24:12 AM +00:00`).
 pub fn check_expires_on_date(input: &[u8]) {
     let text = String::from_utf8_lossy(input);
     let Some(seconds) = parse_expires_on(&text) else {
         return;
     };
     let digits_only = text.trim().bytes().all(|b| b.is_ascii_digit());
-    if digits_only || seconds == 0 {
-        // Whole seconds, or a date before 1970 that was clamped to the epoch.
+    if digits_only || seconds == 0 || seconds > DATE_NOW_UNIX_SECONDS {
+        // Whole seconds, a date before 1970 that was clamped to the epoch, or a time in the
+        // year 10000 (reached by a leap second or an offset), which has no four-digit form.
         return;
     }
     for form in [rfc3339(seconds), windows_form(seconds)] {
