@@ -195,6 +195,10 @@ impl EntraIdProvider {
     ///
     /// Expired credentials are never returned: once the token has expired and no new one
     /// has arrived, this fails at once with [`Error::TokenExpired`].
+    ///
+    /// Each calling thread keeps a copy of the credentials it last read, so that later
+    /// calls take no lock until the next renewal. The copy, token included, stays in
+    /// memory until the thread reads another provider or ends.
     pub fn get_credentials(&self) -> Result<Credentials, Error> {
         self.get_credentials_timeout(self.first_token_timeout)
     }
