@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A mock Microsoft Entra token endpoint on loopback, for benches/run.sh.
 
-It answers every POST to /<tenant>/oauth2/v2.0/token with a new unsigned JWT whose
+It responds to every POST to /<tenant>/oauth2/v2.0/token with a new unsigned JWT whose
 `oid` is the test user and which expires after --lifetime seconds. With --tls-cert and
 --tls-key it serves HTTPS, for clients such as azure_identity 0.31 that reject an http
 authority host. It binds 127.0.0.1 only, prints `port N` once it listens, and serves
@@ -12,6 +12,7 @@ response, after the response is written.
 import argparse
 import base64
 import json
+import socket
 import ssl
 import sys
 import threading
@@ -65,6 +66,12 @@ class Issuer:
 def handler_for(issuer: Issuer):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self):
+            super().setup()
+            # Headers and body go out in two writes. Without this, Nagle's algorithm
+            # delays the body until the client's delayed ACK, about 40 ms on Linux.
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def do_POST(self):
             length = int(self.headers.get("content-length") or 0)
