@@ -10,7 +10,7 @@
 # anywhere else. Intermediate results go to target/bench-run/.
 #
 # Settings, from the environment:
-#   BUILD_RUNS    clean release builds per program (default 2)
+#   BUILD_RUNS    clean release builds per program (default 3)
 #   IDLE_WINDOW   seconds over which idle programs are observed (default 60)
 #   COLD_ROUNDS   hyperfine rounds for the cold start, 10 runs each (default 5)
 #   FANOUT_RENEWALS renewals observed for the redis crate's fan-out (default 15)
@@ -19,7 +19,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 OUT=$ROOT/target/bench-run
-BUILD_RUNS=${BUILD_RUNS:-2}
+BUILD_RUNS=${BUILD_RUNS:-3}
 IDLE_WINDOW=${IDLE_WINDOW:-60}
 COLD_ROUNDS=${COLD_ROUNDS:-5}
 FANOUT_RENEWALS=${FANOUT_RENEWALS:-15}
@@ -88,17 +88,10 @@ step "Record the machine"
 } >"$OUT/machine.env"
 cat "$OUT/machine.env"
 
-# Samples the load average and the compilers and other busy processes outside this
-# run's session every 5 s, to tell in the report whether other work shared the cores.
-own_session=$(ps -o sid= $$ | tr -d ' ')
-(
-    while true; do
-        others=$(ps -eo sid=,pcpu=,comm= | awk -v sid="$own_session" \
-            '$1 != sid && $2 >= 20 {printf "%s(%s%%) ", $3, $2}')
-        echo "$(date +%s) $(cut -d' ' -f1 /proc/loadavg) ${others}"
-        sleep 5
-    done
-) >"$OUT/load.log" &
+# Samples the load average, the CPU time of processes outside this run's session and
+# the hypervisor's steal time every 5 s, so the report can tell whether other work
+# shared the cores.
+python3 "$ROOT/benches/report.py" load "$(ps -o sid= $$ | tr -d ' ')" >"$OUT/load.jsonl" &
 PIDS+=($!)
 
 # --- Dependencies, fetched before any timing ----------------------------------------
