@@ -376,3 +376,41 @@ fn panicking_token_source_is_retried() {
         .expect("renewal survives the panic");
     assert_eq!(credentials.username(), OID);
 }
+
+#[test]
+fn repeated_reads_follow_renewals() {
+    let endpoint = TokenEndpoint::start(Duration::from_secs(3600), None);
+    let provider = EntraIdProvider::new(endpoint.credential());
+    let first = provider.get_credentials().unwrap();
+    // A second read of the same generation comes from this thread's cache.
+    assert_eq!(provider.get_credentials().unwrap(), first);
+
+    let mut changes = provider.subscribe();
+    // The mock's `exp` has one-second resolution, and a token that does not expire later
+    // than the current one is ignored.
+    std::thread::sleep(Duration::from_millis(1100));
+    provider.force_refresh();
+    let renewed = changes
+        .next_timeout(Duration::from_secs(5))
+        .expect("no renewal after force_refresh");
+    assert_ne!(renewed.password(), first.password());
+    assert_eq!(provider.get_credentials().unwrap(), renewed);
+    assert_eq!(provider.get_credentials().unwrap(), renewed);
+}
+
+#[test]
+fn two_providers_on_one_thread_keep_their_tokens() {
+    // Different lifetimes give the two endpoints' tokens different `exp` claims.
+    let first_endpoint = TokenEndpoint::start(Duration::from_secs(3600), None);
+    let second_endpoint = TokenEndpoint::start(Duration::from_secs(1800), None);
+    let first = EntraIdProvider::new(first_endpoint.credential());
+    let second = EntraIdProvider::new(second_endpoint.credential());
+    let first_token = first.get_credentials().unwrap().password().to_owned();
+    let second_token = second.get_credentials().unwrap().password().to_owned();
+    assert_ne!(first_token, second_token);
+    // Alternating reads replace one provider's cached copy with the other's.
+    for _ in 0..3 {
+        assert_eq!(first.get_credentials().unwrap().password(), first_token);
+        assert_eq!(second.get_credentials().unwrap().password(), second_token);
+    }
+}

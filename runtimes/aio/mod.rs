@@ -2,7 +2,7 @@
 //!
 //! [`EntraIdProvider`] runs the token manager in a task of the chosen runtime. The task
 //! sleeps on the runtime's timer until the manager's next deadline and runs each token
-//! exchange on the runtime's blocking thread pool. It wakes early for
+//! exchange on a thread of its own, which ends with the exchange. It wakes early for
 //! [`force_refresh`](EntraIdProvider::force_refresh) and shutdown. The provider
 //! implements the `redis` crate's
 //! [`StreamingCredentialsProvider`](redis::StreamingCredentialsProvider), so
@@ -13,6 +13,7 @@
 
 mod provider;
 mod stream;
+mod thread;
 
 use std::future::Future;
 use std::time::Duration;

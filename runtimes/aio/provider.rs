@@ -17,6 +17,7 @@ use log::debug;
 
 use super::Runtime;
 use super::stream::CredentialsStream;
+use super::thread::run_on_new_thread;
 use crate::io::{http, steps};
 use crate::{
     Action, Credentials, Error, Event, RefreshPolicy, TokenManager, TokenSource, Username,
@@ -383,7 +384,7 @@ impl<R> fmt::Debug for EntraIdProvider<R> {
 }
 
 /// Renews tokens until shutdown: sleeps until the manager's next deadline, runs each
-/// token exchange on a blocking thread, and keeps no lock while a request is in flight.
+/// token exchange on a thread of its own, and keeps no lock while a request is in flight.
 async fn renew<R: Runtime>(shared: Arc<Shared>, source: Arc<dyn TokenSource>) {
     debug!("token renewal started for {}", shared.source_name);
     let agent = http::agent();
@@ -392,7 +393,7 @@ async fn renew<R: Runtime>(shared: Arc<Shared>, source: Arc<dyn TokenSource>) {
             Action::RequestToken => {
                 let (agent, source) = (agent.clone(), Arc::clone(&source));
                 let outcome =
-                    R::spawn_blocking(move || steps::run_exchange(&agent, source.as_ref())).await;
+                    run_on_new_thread(move || steps::run_exchange(&agent, source.as_ref())).await;
                 shared.handle_response(outcome);
             }
             Action::WaitUntil(deadline) => {

@@ -1,5 +1,5 @@
 //! The async-std adapter: token renewal as an async-std task, with async-std's timers,
-//! and token requests on its blocking thread pool (`async_std::task::spawn_blocking`).
+//! and each token request on a thread of its own.
 //!
 //! Enabled by the `async-std` feature. async-std is discontinued upstream (its authors
 //! recommend smol); this adapter is for programs that still run it. [`EntraIdProvider`]

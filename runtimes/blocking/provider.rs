@@ -1,5 +1,6 @@
 //! A token provider that renews on its own thread.
 
+use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::BuildHasher;
@@ -19,6 +20,57 @@ use crate::{
 
 /// How long [`EntraIdProvider::get_credentials`] waits for the first token by default.
 pub const DEFAULT_FIRST_TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Source of [`Shared::id`]; 0 is never handed out.
+static NEXT_PROVIDER_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The credentials this thread last read from a provider under its lock, so later
+    /// reads of the same generation need no lock and write no memory that other threads
+    /// share. Holds a private copy of the token until the thread reads another provider
+    /// or ends.
+    static CACHED: RefCell<Option<CachedCredentials>> = const { RefCell::new(None) };
+}
+
+struct CachedCredentials {
+    provider: u64,
+    generation: u64,
+    credentials: Credentials,
+}
+
+/// Returns this thread's cached credentials of `provider` if they belong to
+/// `generation` and have not expired at `now`.
+fn cached(provider: u64, generation: u64, now: SystemTime) -> Option<Credentials> {
+    CACHED
+        .try_with(|cache| {
+            let cache = cache.borrow();
+            let entry = cache.as_ref()?;
+            let current = entry.provider == provider && entry.generation == generation;
+            (current && !entry.credentials.is_expired(now)).then(|| entry.credentials.clone())
+        })
+        .ok()
+        .flatten()
+}
+
+/// Stores a copy of `credentials` as this thread's cache for `provider`.
+///
+/// The copy has its own token allocation: a clone would share the reference count of
+/// the provider's token, and every thread that clones it would write that count.
+fn cache(provider: u64, generation: u64, credentials: &Credentials) {
+    let copy = Credentials::new(
+        credentials.username(),
+        credentials.password(),
+        credentials.expires_on(),
+    );
+    // Fails only while the thread is being torn down; the next read then locks.
+    let _ = CACHED.try_with(|cache| {
+        *cache.borrow_mut() = Some(CachedCredentials {
+            provider,
+            generation,
+            credentials: copy,
+        });
+    });
+}
 
 /// Builds an [`EntraIdProvider`].
 pub struct ProviderBuilder {
@@ -59,6 +111,7 @@ impl ProviderBuilder {
             wake: Condvar::new(),
             changed: Condvar::new(),
             generation: AtomicU64::new(0),
+            id: NEXT_PROVIDER_ID.fetch_add(1, Ordering::Relaxed),
             source_name: self.source.name().to_owned(),
         });
         let worker = Arc::clone(&shared);
@@ -100,8 +153,11 @@ struct Shared {
     wake: Condvar,
     /// Wakes callers waiting for credentials or for a change.
     changed: Condvar,
-    /// Counts credential changes, so connections can check for one without locking.
+    /// Counts credential changes, so connections can check for one without locking. It
+    /// changes only while `inner` is locked, together with the manager's credentials.
     generation: AtomicU64,
+    /// Tells this provider's entries in the thread-local cache from other providers'.
+    id: u64,
     source_name: String,
 }
 
@@ -141,6 +197,10 @@ impl EntraIdProvider {
     ///
     /// Expired credentials are never returned: once the token has expired and no new one
     /// has arrived, this fails at once with [`Error::TokenExpired`].
+    ///
+    /// Each calling thread keeps a copy of the credentials it last read, so that later
+    /// calls take no lock until the next renewal. The copy, token included, stays in
+    /// memory until the thread reads another provider or ends.
     pub fn get_credentials(&self) -> Result<Credentials, Error> {
         self.get_credentials_timeout(self.first_token_timeout)
     }
@@ -152,14 +212,26 @@ impl EntraIdProvider {
     }
 
     /// Returns the credentials with the generation they belong to.
+    ///
+    /// Without a renewal since this thread's last call, it reads one atomic and a
+    /// thread-local copy, and takes no lock. The copy is as good as the manager's
+    /// credentials: both change only with the generation, and the manager fails for good
+    /// only before its first token.
     pub(crate) fn snapshot_timeout(&self, timeout: Duration) -> (u64, Result<Credentials, Error>) {
         let shared = &self.owner.shared;
+        let generation = shared.generation.load(Ordering::Acquire);
+        if let Some(credentials) = cached(shared.id, generation, SystemTime::now()) {
+            return (generation, Ok(credentials));
+        }
         let started = Instant::now();
         let mut inner = shared.lock();
         loop {
             let generation = shared.generation.load(Ordering::Acquire);
             match inner.manager.credentials(SystemTime::now()) {
-                Ok(credentials) => return (generation, Ok(credentials.clone())),
+                Ok(credentials) => {
+                    cache(shared.id, generation, credentials);
+                    return (generation, Ok(credentials.clone()));
+                }
                 Err(Error::NotAcquired { last_error }) => {
                     let waited = started.elapsed();
                     if waited >= timeout {

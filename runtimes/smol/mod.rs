@@ -1,5 +1,5 @@
 //! The smol adapter: token renewal as a task on smol's global executor, with smol's
-//! timers, and token requests on smol's blocking thread pool (`smol::unblock`).
+//! timers, and each token request on a thread of its own.
 //!
 //! Enabled by the `smol` feature. [`EntraIdProvider`] implements the `redis` crate's
 //! `StreamingCredentialsProvider`; pass it to `AsyncConnectionConfig`,
