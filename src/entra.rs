@@ -65,7 +65,7 @@ impl AuthorityHost {
         Ok(AuthorityHost(format!("{scheme}://{rest}")))
     }
 
-    /// The host URL without a trailing slash.
+    /// Returns the host URL without a trailing slash.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -220,7 +220,7 @@ impl ClientSecretCredential {
         self
     }
 
-    /// The token endpoint: `{authority}/{tenant}/oauth2/v2.0/token`.
+    /// Returns the token endpoint: `{authority}/{tenant}/oauth2/v2.0/token`.
     pub fn token_url(&self) -> String {
         self.authority.token_url(&self.tenant_id)
     }

@@ -16,7 +16,7 @@ pub enum Error {
     CredentialUnavailable {
         /// The credential, such as `managed identity`.
         credential: String,
-        /// Why it is unavailable and how to make it available.
+        /// The reason it is unavailable and how to make it available.
         reason: String,
     },
     /// A chain of credentials stopped at a credential that failed with an error other
@@ -198,7 +198,7 @@ fn unix_seconds(t: SystemTime) -> u64 {
 
 impl std::error::Error for Error {}
 
-/// An error answer of an identity endpoint, as far as it is safe to keep.
+/// An error response of an identity endpoint, as far as it is safe to keep.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointError {
     /// HTTP status.
@@ -258,7 +258,7 @@ fn hint_for_code(code: u64) -> Option<&'static str> {
     })
 }
 
-/// Why an access token cannot be used as a Redis password.
+/// The reason an access token cannot be used as a Redis password.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TokenError {

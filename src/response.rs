@@ -107,7 +107,7 @@ fn expires_on_field(
     ))
 }
 
-/// Reads a field that holds whole seconds as a number or a string of digits.
+/// Reads a field that contains whole seconds as a number or a string of digits.
 fn seconds_field(body: &Map<String, Value>, name: &str) -> Result<Option<u64>, String> {
     let invalid = || format!("`{name}` is not a number of seconds");
     match body.get(name) {

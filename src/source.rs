@@ -64,7 +64,7 @@ pub enum StepOutput {
     Program(ProgramOutput),
 }
 
-/// What a finished program left behind.
+/// The exit code and output of a finished program.
 #[derive(Clone)]
 pub struct ProgramOutput {
     /// The exit code, or `None` when a signal ended the program.
@@ -229,7 +229,7 @@ impl<S: HttpTokenSource> Exchange for SingleRequest<S> {
     }
 }
 
-/// The error for a driver that answered a step with the output of another kind of step.
+/// Returns the error for a driver that returned the output of another kind of step.
 pub fn unexpected_output(output: &StepOutput) -> Error {
     let kind = match output {
         StepOutput::Http(_) => "an HTTP response",

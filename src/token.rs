@@ -149,12 +149,12 @@ impl Token {
         self
     }
 
-    /// The access token itself.
+    /// Returns the access token itself.
     pub fn access_token(&self) -> &Secret {
         &self.access_token
     }
 
-    /// The decoded claims, or `None` when the token is not a readable JWT.
+    /// Returns the decoded claims, or `None` when the token is not a readable JWT.
     pub fn claims(&self) -> Option<&Claims> {
         self.claims.as_ref()
     }

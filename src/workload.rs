@@ -142,11 +142,7 @@ impl WorkloadIdentityCredential {
 
     /// Returns the token endpoint: `{authority}/{tenant}/oauth2/v2.0/token`.
     pub fn token_url(&self) -> String {
-        format!(
-            "{}/{}/oauth2/v2.0/token",
-            self.authority.as_str(),
-            self.tenant_id
-        )
+        self.authority.token_url(&self.tenant_id)
     }
 
     /// Returns the federated token file, which every exchange reads.

@@ -382,7 +382,7 @@ fn wait<'a>(
     }
 }
 
-/// The renewal loop: it sleeps until the manager's next deadline and holds no lock while
+/// Runs the renewal loop: it sleeps until the manager's next deadline and holds no lock while
 /// a request is in flight.
 fn run(shared: &Shared, source: &dyn TokenSource) {
     let agent = http::agent();
