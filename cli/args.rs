@@ -159,7 +159,7 @@ fn redis_args(host_required: bool) -> Vec<Arg> {
             .value_name("SECONDS")
             .value_parser(parse_seconds)
             .default_value("10")
-            .help("Time limit for connecting, TLS and authentication, in seconds"),
+            .help("Time limit for connecting, TLS, authentication and each reply, in seconds"),
     ]
 }
 

@@ -121,7 +121,12 @@ pub fn open(
     };
     timed(|| {
         let info = address.into_connection_info().and_then(|info| {
-            EntraConnection::open_with_timeout(info, provider, Some(target.connect_timeout))
+            let mut connection =
+                EntraConnection::open_with_timeout(info, provider, Some(target.connect_timeout))?;
+            // A server that stops answering fails the command instead of blocking it.
+            let reply_timeout = target.connect_timeout.max(Duration::from_millis(1));
+            connection.set_response_timeout(Some(reply_timeout))?;
+            Ok(connection)
         });
         info.map_err(|error| explain::redis_error(RedisStep::Open, &error, username, target.tls))
     })

@@ -178,8 +178,8 @@ impl Watch {
         let was_open = self.connection.is_open();
         let authentications = self.connection.authentications();
         let started = Instant::now();
-        // NOTE: EntraConnection sets no read timeout after the handshake, so a server that
-        // stops answering blocks PING until TCP gives up; a second Ctrl-C still exits.
+        // A server that stops answering fails PING after --connect-timeout; the next PING
+        // opens a new connection.
         let result = redis::cmd("PING").query::<Value>(&mut self.connection);
         let elapsed = started.elapsed();
         if self.connection.authentications() > authentications {

@@ -190,3 +190,32 @@ fn expired_token_is_rejected_by_fixture() {
         "{error}"
     );
 }
+
+#[test]
+fn reply_timeout_replaces_connection() {
+    let (redis, _endpoint, provider) = start(60);
+    let mut connection = EntraConnection::open(redis.url(), &provider).unwrap();
+    assert!(
+        connection
+            .set_response_timeout(Some(Duration::ZERO))
+            .is_err()
+    );
+    connection
+        .set_response_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    // The server answers BLPOP with nil after 2 s, long after the timeout.
+    let error = redis::cmd("BLPOP")
+        .arg("empty-list")
+        .arg(2)
+        .query::<redis::Value>(&mut connection)
+        .unwrap_err();
+    assert!(error.is_timeout(), "{error}");
+    // Had the connection been kept, PING would read BLPOP's late nil as its reply.
+    let pong: String = redis::cmd("PING").query(&mut connection).unwrap();
+    assert_eq!(pong, "PONG");
+    assert_eq!(
+        connection.authentications(),
+        2,
+        "the connection was replaced"
+    );
+}

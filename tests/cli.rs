@@ -546,6 +546,50 @@ fn watch_failures_exit_5() {
     assert!(stderr.contains("commands failed"), "{stderr}");
 }
 
+#[test]
+fn watch_recovers_from_silent_server() {
+    let (redis, endpoint) = redis_with_endpoint(HOUR);
+    let args = redis_args(&redis);
+    let env = Env::service_principal(&endpoint.server.base_url());
+    let mut child = env
+        .command(&with(
+            &[
+                "watch",
+                "--interval",
+                "0.2",
+                "--duration",
+                "5",
+                "--connect-timeout",
+                "0.5",
+            ],
+            &args,
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, reader) = collect_lines(&mut child);
+    let first_ok = wait_for_lines(&lines, Duration::from_secs(5), |lines| {
+        count(lines, "| ok 1, failed 0") > 0
+    });
+    assert!(first_ok, "{}", lines.lock().unwrap().join("\n"));
+
+    // The server holds every client command for 2 s and then answers again.
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(2000)
+        .arg("ALL")
+        .query::<()>(&mut redis.admin().unwrap())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    reader.join().unwrap();
+
+    let lines = lines.lock().unwrap().join("\n");
+    assert_eq!(output.status.code(), Some(5), "{lines}");
+    assert!(lines.contains("PING failed"), "{lines}");
+    assert!(lines.contains("PING succeeded again"), "{lines}");
+}
+
 // ---------------------------------------------------------------- doctor
 
 #[test]

@@ -58,6 +58,7 @@ pub struct EntraConnection {
     in_transaction: bool,
     authentications: u64,
     connect_timeout: Option<Duration>,
+    response_timeout: Option<Duration>,
     push_sender: Option<Sender<PushInfo>>,
 }
 
@@ -101,6 +102,7 @@ impl EntraConnection {
             in_transaction: false,
             authentications: 0,
             connect_timeout,
+            response_timeout: None,
             push_sender: None,
         };
         connection.connect()?;
@@ -121,6 +123,32 @@ impl EntraConnection {
     /// next command reconnects first.
     pub fn token_expired(&self) -> bool {
         SystemTime::now() >= self.expires_on
+    }
+
+    /// Sets how long a command waits for its reply; `None` (the default) waits as long as
+    /// the operating system keeps the socket open.
+    ///
+    /// It applies to this connection and to every connection that replaces it. When a
+    /// reply does not come in time, the command fails with a timeout error and the
+    /// connection is closed, because its reply may still arrive and would be taken for
+    /// the reply to the next command. The next command opens a new connection. The timed
+    /// out command is not sent again: it may have run.
+    ///
+    /// # Errors
+    ///
+    /// A zero duration is refused, as `std::net::TcpStream::set_read_timeout` refuses it.
+    pub fn set_response_timeout(&mut self, timeout: Option<Duration>) -> RedisResult<()> {
+        if timeout == Some(Duration::ZERO) {
+            return Err(RedisError::from((
+                ErrorKind::InvalidClientConfig,
+                "invalid response timeout 0 s: use a positive duration, or None to wait without limit",
+            )));
+        }
+        if let Some(connection) = self.connection.as_mut() {
+            connection.set_read_timeout(timeout)?;
+        }
+        self.response_timeout = timeout;
+        Ok(())
     }
 
     /// Sends RESP3 push messages (pub/sub messages included) to `sender`, on this
@@ -160,6 +188,7 @@ impl EntraConnection {
 
     fn open_with(&mut self, generation: u64, credentials: &Credentials) -> RedisResult<()> {
         let connection = open_redis(&self.info, credentials, self.connect_timeout)?;
+        connection.set_read_timeout(self.response_timeout)?;
         debug!("connected to Redis as {}", credentials.username());
         self.connection = Some(connection);
         if let (Some(connection), Some(sender)) = (&mut self.connection, &self.push_sender) {
@@ -349,7 +378,9 @@ impl EntraConnection {
 
     fn after_command<T>(&mut self, result: RedisResult<T>) -> RedisResult<T> {
         if let Err(error) = &result
-            && (error.is_unrecoverable_error() || error.is_connection_dropped())
+            && (error.is_unrecoverable_error()
+                || error.is_connection_dropped()
+                || error.is_timeout())
         {
             // Replaced, with the current credentials, before the next command.
             self.connection = None;
