@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::async_scenarios::TestRuntime;
-use common::azure_proxy::AzureProxy;
+use common::azure_proxy::{AzureProxy, WRONGPASS};
 use common::plain_endpoint::PlainTokenEndpoint;
 use common::redis_server::RedisServer;
 use futures_util::StreamExt;
@@ -129,7 +129,7 @@ async fn eventually<R: Runtime>(limit: Duration, what: &str, mut condition: impl
 }
 
 /// Publishes the numbers 0, 1, 2, … to each of `channels` directly to redis-server, every
-/// 5 ms, on a thread of its own until stopped; the thread returns how many it sent.
+/// 5 ms, on a thread of its own until stopped. The thread returns how many it sent.
 fn publisher(redis: &RedisServer, channels: &'static [&'static str]) -> Publisher {
     let stop = Arc::new(AtomicBool::new(false));
     let mut connection = redis.admin().expect("admin connection");
@@ -330,7 +330,7 @@ async fn subscriber_replaces_closed_connection_and_resubscribes<R: TestRuntime>(
     assert_eq!(azure.proxy.expired_tokens(), 0);
 }
 
-/// Checks that when the server answers the in-band `AUTH` with the subscribe-mode error,
+/// Checks that when the server replies to the in-band `AUTH` with the subscribe-mode error,
 /// the subscriber moves to a new connection before expiry and forces no token refresh.
 async fn auth_not_allowed_moves_without_refresh<R: TestRuntime>() {
     let azure = Azure::<R>::start(4, 2).await;
@@ -386,6 +386,40 @@ async fn closed_during_auth_reconnects_with_new_token<R: TestRuntime>() {
     assert_eq!(azure.proxy.expired_tokens(), 0);
 }
 
+/// Checks that when the server rejects the renewed token in band, the subscriber reports
+/// the rejection, forces a refresh and authenticates the same connection with the next
+/// token.
+async fn rejected_token_refreshes_and_stays_connected<R: TestRuntime>() {
+    let azure = Azure::<R>::start(4, 2).await;
+    let mut pubsub = azure.subscriber("?protocol=resp3").await;
+    pubsub.subscribe("ch1").await.unwrap();
+    azure.proxy.reject_next_auth(WRONGPASS);
+
+    let reported = pubsub.next_message_timeout(Duration::from_secs(5)).await;
+    let error = reported.expect_err("the rejection is reported");
+    assert_eq!(error.code(), Some("WRONGPASS"), "{error}");
+    let limit = Duration::from_secs(3);
+    let proxy = &azure.proxy;
+    eventually::<R>(limit, "AUTH with the next token", || {
+        proxy.authentications() == [3]
+    })
+    .await;
+    // A forced refresh follows the renewal at once, while scheduled requests stay at
+    // least the minimum refresh delay (1 s) apart.
+    let times = azure.endpoint.request_times();
+    assert!(times.len() >= 3, "{} token requests", times.len());
+    let gap = times[2] - times[1];
+    assert!(
+        gap < Duration::from_millis(900),
+        "no forced refresh: {gap:?}"
+    );
+    assert_eq!(pubsub.replacements(), 0);
+    assert_eq!(azure.publish("ch1", "still here"), 1);
+    let message = pubsub.next_message_timeout(Duration::from_secs(2)).await;
+    assert!(message.unwrap().is_some(), "no message after the rejection");
+    assert_eq!(azure.proxy.closed_at_expiry(), 0);
+}
+
 /// Runs `scenario` and fails the test if it takes more than 40 s.
 fn run<R: TestRuntime>(scenario: impl Future<Output = ()>) {
     R::block_on(async {
@@ -420,6 +454,11 @@ fn smol_auth_not_allowed_moves_without_refresh() {
 #[test]
 fn smol_closed_during_auth_reconnects() {
     run::<Smol>(closed_during_auth_reconnects_with_new_token::<Smol>());
+}
+
+#[test]
+fn smol_rejected_token_refreshes_in_band() {
+    run::<Smol>(rejected_token_refreshes_and_stays_connected::<Smol>());
 }
 
 #[test]
