@@ -76,6 +76,8 @@ impl Link {
             .set_username(credentials.username())
             .set_password(credentials.password());
         let protocol = settings.protocol();
+        // NOTE: the tests cover plain TCP only; `rediss://` takes the same calls, with the
+        // redis crate's TLS.
         let client = redis::Client::open(info.clone().set_redis_settings(settings))?;
         let connection = if protocol == ProtocolVersion::RESP2 {
             let pubsub = within::<R, _>(CONNECT_TIMEOUT, client.get_async_pubsub()).await??;
