@@ -12,6 +12,7 @@
 //! Use it through the `smol` or `async_std` module of this crate, which fix the runtime.
 
 mod provider;
+mod pubsub;
 mod stream;
 mod thread;
 
@@ -19,6 +20,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use provider::{DEFAULT_FIRST_TOKEN_TIMEOUT, EntraIdProvider, ProviderBuilder};
+pub use pubsub::EntraPubSub;
 pub use stream::CredentialsStream;
 
 /// The three services the adapters take from an async runtime.

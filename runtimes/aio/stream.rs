@@ -165,7 +165,7 @@ impl<R: Runtime> StreamingCredentialsProvider for EntraIdProvider<R> {
 /// I/O error. `ConnectionManager` (redis 1.8.2) tries a new connection after a failed one
 /// only when the error was an I/O error. With any other kind it returns the same error
 /// for every later command.
-fn to_redis_error(error: Error) -> RedisError {
+pub(super) fn to_redis_error(error: Error) -> RedisError {
     let kind = match error {
         _ if error.is_transient() => ErrorKind::Io,
         Error::Config { .. } => ErrorKind::InvalidClientConfig,

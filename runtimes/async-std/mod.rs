@@ -22,6 +22,9 @@ pub type EntraIdProvider = crate::aio::EntraIdProvider<AsyncStd>;
 /// Builds an [`EntraIdProvider`] for async-std.
 pub type ProviderBuilder = crate::aio::ProviderBuilder<AsyncStd>;
 
+/// A pub/sub subscriber whose connection task runs on async-std.
+pub type EntraPubSub = crate::aio::EntraPubSub<AsyncStd>;
+
 /// The async-std runtime, for [`crate::aio`].
 #[derive(Debug, Clone, Copy)]
 pub struct AsyncStd;

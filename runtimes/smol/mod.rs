@@ -20,6 +20,9 @@ pub type EntraIdProvider = crate::aio::EntraIdProvider<Smol>;
 /// Builds an [`EntraIdProvider`] for smol.
 pub type ProviderBuilder = crate::aio::ProviderBuilder<Smol>;
 
+/// A pub/sub subscriber whose connection task runs on smol.
+pub type EntraPubSub = crate::aio::EntraPubSub<Smol>;
+
 /// The smol runtime, for [`crate::aio`].
 #[derive(Debug, Clone, Copy)]
 pub struct Smol;

@@ -65,6 +65,11 @@ impl PlainTokenEndpoint {
         self.issuer.requests()
     }
 
+    /// When each token request arrived, oldest first.
+    pub fn request_times(&self) -> Vec<std::time::Instant> {
+        self.issuer.request_times()
+    }
+
     /// Adds the valid tokens to a restarted server's ACL; see [`Issuer::restore_acl`].
     pub fn restore_acl(&self) {
         self.issuer.restore_acl();
