@@ -11,6 +11,7 @@
 //!
 //! Use it through the `smol` or `async_std` module of this crate, which fix the runtime.
 
+mod connection;
 mod provider;
 mod pubsub;
 mod stream;
@@ -19,6 +20,7 @@ mod thread;
 use std::future::Future;
 use std::time::Duration;
 
+pub use connection::EntraConnection;
 pub use provider::{DEFAULT_FIRST_TOKEN_TIMEOUT, EntraIdProvider, ProviderBuilder};
 pub use pubsub::EntraPubSub;
 pub use stream::CredentialsStream;

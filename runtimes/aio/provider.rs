@@ -20,7 +20,7 @@ use super::stream::CredentialsStream;
 use super::thread::run_on_new_thread;
 use crate::io::{http, steps};
 use crate::{
-    Action, Credentials, Error, Event, RefreshPolicy, TokenManager, TokenSource, Username,
+    Action, Credentials, Error, Event, RefreshPolicy, State, TokenManager, TokenSource, Username,
 };
 
 /// How long [`EntraIdProvider::get_credentials_async`] and a new connection wait for the
@@ -362,6 +362,49 @@ impl<R: Runtime> EntraIdProvider<R> {
     /// Returns the name of the token source, such as `client secret`.
     pub fn source_name(&self) -> &str {
         &self.shared().source_name
+    }
+
+    /// Returns the current generation with the credentials that match it, without
+    /// waiting. Expired credentials are never returned.
+    pub(super) fn snapshot(&self) -> (u64, Result<Credentials, Error>) {
+        let shared = self.shared();
+        let inner = shared.lock();
+        let credentials = inner.manager.credentials(SystemTime::now()).cloned();
+        (shared.generation(), credentials)
+    }
+
+    /// Returns credentials newer than generation `rejected`, the one a server rejected
+    /// with `WRONGPASS`, with their generation.
+    ///
+    /// It forces a refresh only while `rejected` is still the current generation, so a
+    /// renewal that already replaced the rejected token causes no token request, and
+    /// concurrent callers cause one. It waits up to the first-token timeout and returns
+    /// `None` when no newer credentials that have not expired arrive by then, when the
+    /// provider shuts down, or when token requests failed for good.
+    pub(super) async fn credentials_after_rejection(
+        &self,
+        rejected: u64,
+    ) -> Option<(u64, Credentials)> {
+        if self.generation() == rejected {
+            self.force_refresh();
+        }
+        let found = self
+            .shared()
+            .wait_until::<R, _>(
+                &mut None,
+                Some(self.first_token_timeout),
+                |inner, generation| {
+                    let now = SystemTime::now();
+                    if generation != rejected {
+                        let credentials = inner.manager.credentials(now).ok();
+                        return Some(credentials.map(|c| (generation, c.clone())));
+                    }
+                    let failed = matches!(inner.manager.state(now), State::Failed);
+                    (inner.shutdown || failed).then_some(None)
+                },
+            )
+            .await;
+        found.flatten()
     }
 
     pub(super) fn shared(&self) -> &Shared {

@@ -61,6 +61,29 @@ impl fmt::Debug for CredentialsStream {
     }
 }
 
+/// Waits for credentials as a stream's first item does, and returns them with their
+/// generation.
+pub(super) async fn first_credentials<R: Runtime>(
+    provider: &EntraIdProvider<R>,
+) -> (u64, Result<Credentials, Error>) {
+    let mut cursor = Cursor {
+        provider: provider.clone(),
+        seen: None,
+        watcher: None,
+    };
+    let outcome = cursor.first().await;
+    // `first` sets the generation on every path.
+    (cursor.seen.unwrap_or_default(), outcome)
+}
+
+/// Converts credentials to the `redis` crate's type.
+pub(super) fn to_basic_auth(credentials: &Credentials) -> BasicAuth {
+    BasicAuth::new(
+        credentials.username().to_owned(),
+        credentials.password().to_owned(),
+    )
+}
+
 /// Position of a stream: the generation it last returned, `None` before the first item.
 struct Cursor<R> {
     provider: EntraIdProvider<R>,
@@ -147,13 +170,8 @@ impl<R: Runtime> Cursor<R> {
 impl<R: Runtime> StreamingCredentialsProvider for EntraIdProvider<R> {
     fn subscribe(&self) -> Pin<Box<dyn Stream<Item = RedisResult<BasicAuth>> + Send + 'static>> {
         let stream = self.credentials_stream().map(|item| {
-            item.map(|credentials| {
-                BasicAuth::new(
-                    credentials.username().to_owned(),
-                    credentials.password().to_owned(),
-                )
-            })
-            .map_err(to_redis_error)
+            item.map(|credentials| to_basic_auth(&credentials))
+                .map_err(to_redis_error)
         });
         Box::pin(stream)
     }

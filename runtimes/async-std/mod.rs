@@ -19,6 +19,11 @@ pub use crate::aio::{CredentialsStream, DEFAULT_FIRST_TOKEN_TIMEOUT};
 /// A provider whose renewal task runs on async-std.
 pub type EntraIdProvider = crate::aio::EntraIdProvider<AsyncStd>;
 
+/// A connection that re-authenticates on its own and retries after `WRONGPASS`; see
+/// [`crate::aio::EntraConnection`].
+pub type EntraConnection<C = redis::aio::MultiplexedConnection> =
+    crate::aio::EntraConnection<AsyncStd, C>;
+
 /// Builds an [`EntraIdProvider`] for async-std.
 pub type ProviderBuilder = crate::aio::ProviderBuilder<AsyncStd>;
 

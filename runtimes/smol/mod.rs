@@ -17,6 +17,11 @@ pub use crate::aio::{CredentialsStream, DEFAULT_FIRST_TOKEN_TIMEOUT};
 /// A provider whose renewal task runs on smol.
 pub type EntraIdProvider = crate::aio::EntraIdProvider<Smol>;
 
+/// A connection that re-authenticates on its own and retries after `WRONGPASS`; see
+/// [`crate::aio::EntraConnection`].
+pub type EntraConnection<C = redis::aio::MultiplexedConnection> =
+    crate::aio::EntraConnection<Smol, C>;
+
 /// Builds an [`EntraIdProvider`] for smol.
 pub type ProviderBuilder = crate::aio::ProviderBuilder<Smol>;
 

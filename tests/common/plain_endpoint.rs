@@ -70,6 +70,16 @@ impl PlainTokenEndpoint {
         self.issuer.request_times()
     }
 
+    /// See [`Issuer::set_down`].
+    pub fn set_down(&self, down: bool) {
+        self.issuer.set_down(down);
+    }
+
+    /// See [`Issuer::failures`].
+    pub fn failures(&self) -> u64 {
+        self.issuer.failures()
+    }
+
     /// Adds the valid tokens to a restarted server's ACL; see [`Issuer::restore_acl`].
     pub fn restore_acl(&self) {
         self.issuer.restore_acl();
