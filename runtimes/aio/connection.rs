@@ -54,8 +54,8 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// - When the `AUTH` fails for another reason than a rejected token (a response timeout,
 ///   a closed connection, another error reply), the task tries again after 0.2 s. The
 ///   delay doubles up to 5 s, and the retries go on until the `AUTH` succeeds, a newer
-///   token arrives or the token expires. A `ConnectionManager` reconnects after an I/O error, and its new
-///   connection authenticates in the handshake.
+///   token arrives or the token expires. A `ConnectionManager` reconnects after an I/O
+///   error, and its new connection authenticates in the handshake.
 /// - When the server rejects the token, the task forces one refresh and sends the newer
 ///   token. If that one is rejected too, the task waits for the next renewal.
 /// - The task sends no `AUTH` between a `MULTI` sent through this type and its `EXEC` or
