@@ -480,7 +480,8 @@ impl<R: Runtime> Task<R> {
         }
     }
 
-    /// Waits for the retry delay, failing each request meanwhile, and doubles the delay. Returns `false` when the caller has dropped the subscriber.
+    /// Waits for the retry delay, failing each request meanwhile, and doubles the delay.
+    /// Returns `false` when the caller has dropped the subscriber.
     async fn pause(&mut self, requests: &Queue<Request>) -> bool {
         let delay = self.next_retry_delay();
         let mut sleep = pin!(R::sleep(delay));
