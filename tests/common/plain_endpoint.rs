@@ -65,6 +65,21 @@ impl PlainTokenEndpoint {
         self.issuer.requests()
     }
 
+    /// See [`Issuer::repeat_last_token`].
+    pub fn repeat_last_token(&self, repeat: bool) {
+        self.issuer.repeat_last_token(repeat);
+    }
+
+    /// See [`Issuer::fail_every`].
+    pub fn fail_every(&self, n: u64) {
+        self.issuer.fail_every(n);
+    }
+
+    /// See [`Issuer::failures`].
+    pub fn failures(&self) -> u64 {
+        self.issuer.failures()
+    }
+
     /// Adds the valid tokens to a restarted server's ACL; see [`Issuer::restore_acl`].
     pub fn restore_acl(&self) {
         self.issuer.restore_acl();
