@@ -65,6 +65,11 @@ impl PlainTokenEndpoint {
         self.issuer.requests()
     }
 
+    /// See [`Issuer::set_down`].
+    pub fn set_down(&self, down: bool) {
+        self.issuer.set_down(down);
+    }
+
     /// See [`Issuer::repeat_last_token`].
     pub fn repeat_last_token(&self, repeat: bool) {
         self.issuer.repeat_last_token(repeat);
