@@ -552,6 +552,8 @@ mod async_load {
         let provider = &load.provider;
         provider.get_credentials_async().await.expect("first token");
         let first_generation = provider.generation();
+        // TODO: load this crate's async connection type too, which retries once after
+        // WRONGPASS with a forced refresh, when it is available.
         let mut tasks = load_type(&load, "multiplexed", open_multiplexed::<R>).await;
         tasks.extend(load_type(&load, "manager", open_manager::<R>).await);
         for task in tasks {
