@@ -1,21 +1,27 @@
 //! A soak test: continuous load on several connections through the Azure-like proxy, with
 //! tokens a few seconds long and an identity endpoint that fails every third request.
 //!
-//! Run it with `SOAK_SECS=120 cargo test --release --test soak -- --ignored` (the default
-//! length is 30 s). It prints one line, `commands: N, failed: F, renewals: R`, and fails
-//! unless `F` is 0 and there was at least one renewal per 6 s of run time.
+//! The blocking connection types run on threads. With the `smol` and `async-std` features,
+//! each runtime also runs `MultiplexedConnection`s and `ConnectionManager`s of the `redis`
+//! crate, configured with that runtime's own provider, on the same endpoint and proxy.
+//!
+//! Run it with `SOAK_SECS=120 cargo test --release --all-features --test soak --
+//! --ignored` (the default length is 30 s). It prints `commands: N, failed: F, renewals: R`
+//! (all connection types and all providers), then the counts per connection type and per
+//! provider. It fails unless `F` is 0 and each provider renewed at least once per
+//! `TOKEN_LIFETIME + REFRESH_MARGIN` of run time.
 
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::azure_proxy::AzureProxy;
+use common::plain_endpoint::PlainTokenEndpoint;
 use common::redis_server::RedisServer;
-use common::token_endpoint::TokenEndpoint;
 use redis::{Commands, RedisResult};
 use redis_entraid::RefreshPolicy;
 use redis_entraid::blocking::{
@@ -26,18 +32,37 @@ use redis_entraid::blocking::{
 const TOKEN_LIFETIME: Duration = Duration::from_secs(4);
 /// Refresh this long before expiry, so a renewal lands about every 2 s.
 const REFRESH_MARGIN: Duration = Duration::from_secs(2);
-/// Every this many token requests, the endpoint fails with HTTP 503.
+/// Every this many token requests, the endpoint fails with HTTP 503. The providers share
+/// the endpoint, so the failures fall on each provider in no fixed pattern.
 const FAIL_EVERY: u64 = 3;
 /// Connections running plain commands, pipelines and transactions.
 const COMMAND_WORKERS: usize = 4;
-/// How many errors to print before staying quiet.
-const MAX_PRINTED_ERRORS: u64 = 20;
+/// An idle time after which the token a connection authenticated with has expired.
+const IDLE_PAST_EXPIRY: Duration = TOKEN_LIFETIME.saturating_add(Duration::from_millis(500));
+/// How many errors of one connection type to print before staying quiet.
+const MAX_PRINTED_ERRORS: u64 = 10;
 
-/// Counters shared by the workers.
-#[derive(Default)]
+/// Retry delays shrink with the token lifetime, as the refresh time does. With the default
+/// 1 s first retry, two failed requests in a row can outlast a 4 s token. Retries after
+/// expiry then run at the 60 s cap (jittered to 30 to 60 s), which leaves that provider
+/// without a token for that long. Because the providers share the endpoint, one of them
+/// can get several failures in a row.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
+
+fn refresh_policy() -> RefreshPolicy {
+    RefreshPolicy::default()
+        .with_margin(REFRESH_MARGIN)
+        .with_initial_backoff(INITIAL_BACKOFF)
+        .with_max_backoff(MAX_BACKOFF)
+}
+
+/// Counters of one connection type.
 struct Tally {
+    label: String,
     commands: AtomicU64,
     failed: AtomicU64,
+    started: Instant,
 }
 
 impl Tally {
@@ -52,16 +77,70 @@ impl Tally {
     fn fail<T>(&self, message: &str) -> Option<T> {
         let failed = self.failed.fetch_add(1, Ordering::Relaxed);
         if failed < MAX_PRINTED_ERRORS {
-            eprintln!("soak failure: {message}");
+            let at = self.started.elapsed().as_secs_f64();
+            eprintln!("soak failure at {at:.1} s, {}: {message}", self.label);
         }
         None
+    }
+}
+
+/// One tally per connection type, in the order they were added.
+struct Tallies {
+    started: Instant,
+    all: Mutex<Vec<Arc<Tally>>>,
+}
+
+impl Tallies {
+    fn new() -> Self {
+        Tallies {
+            started: Instant::now(),
+            all: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Returns the tally for `label`, adding it on first use.
+    fn get(&self, label: &str) -> Arc<Tally> {
+        let mut all = self.all.lock().unwrap();
+        if let Some(tally) = all.iter().find(|t| t.label == label) {
+            return Arc::clone(tally);
+        }
+        let tally = Arc::new(Tally {
+            label: label.to_owned(),
+            commands: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            started: self.started,
+        });
+        all.push(Arc::clone(&tally));
+        tally
+    }
+
+    /// Returns the commands and failures of all connection types.
+    fn totals(&self) -> (u64, u64) {
+        let all = self.all.lock().unwrap();
+        let commands = all.iter().map(|t| t.commands.load(Ordering::SeqCst)).sum();
+        let failed = all.iter().map(|t| t.failed.load(Ordering::SeqCst)).sum();
+        (commands, failed)
+    }
+
+    /// Lists `label commands/failed` per connection type.
+    fn breakdown(&self) -> String {
+        let all = self.all.lock().unwrap();
+        let parts: Vec<String> = all
+            .iter()
+            .map(|t| {
+                let commands = t.commands.load(Ordering::SeqCst);
+                let failed = t.failed.load(Ordering::SeqCst);
+                format!("{} {commands}/{failed}", t.label)
+            })
+            .collect();
+        parts.join(", ")
     }
 }
 
 struct Soak {
     provider: EntraIdProvider,
     proxy: AzureProxy,
-    tally: Arc<Tally>,
+    tallies: Arc<Tallies>,
     stop: Arc<AtomicBool>,
 }
 
@@ -76,59 +155,91 @@ fn soak_duration() -> Duration {
 #[test]
 #[ignore = "runs for SOAK_SECS (default 30 s); run with --ignored"]
 fn soak_through_renewals_and_endpoint_failures() {
+    redis_log::install();
     let duration = soak_duration();
     let redis = RedisServer::start();
-    let endpoint = TokenEndpoint::start(TOKEN_LIFETIME, Some(redis.url()));
+    let endpoint = PlainTokenEndpoint::start(TOKEN_LIFETIME, Some(redis.url()));
     endpoint.fail_every(FAIL_EVERY);
     let proxy = AzureProxy::start(redis.port());
     let provider = EntraIdProvider::builder(endpoint.credential())
-        .refresh_policy(RefreshPolicy::default().with_margin(REFRESH_MARGIN))
+        .refresh_policy(refresh_policy())
         .start();
     provider.get_credentials().expect("first token");
     let soak = Soak {
         provider,
         proxy,
-        tally: Arc::new(Tally::default()),
+        tallies: Arc::new(Tallies::new()),
         stop: Arc::new(AtomicBool::new(false)),
     };
     let first_generation = soak.provider.generation();
 
     let mut workers: Vec<JoinHandle<()>> = Vec::new();
     for worker in 0..COMMAND_WORKERS {
-        workers.push(soak.spawn(move |s| command_worker(s, worker)));
+        workers.push(soak.spawn("blocking", move |s| command_worker(s, worker)));
     }
-    workers.push(soak.spawn(blocking_pop_worker));
-    workers.push(soak.spawn(pool_worker));
-    workers.push(soak.spawn(|s| subscriber_worker(s, false)));
-    workers.push(soak.spawn(|s| subscriber_worker(s, true)));
-    // TODO: when the smol and async-std adapters land, start their connection types here
-    // (MultiplexedConnection and ConnectionManager through the proxy on each runtime), so
-    // they share this load, the endpoint failures and the summary line.
+    workers.push(soak.spawn("blocking", blocking_pop_worker));
+    workers.push(soak.spawn("blocking pool", pool_worker));
+    workers.push(soak.spawn("blocking pub/sub", |s| subscriber_worker(s, false)));
+    workers.push(soak.spawn("blocking pub/sub", |s| subscriber_worker(s, true)));
+    let async_loads: Vec<JoinHandle<(&str, u64)>> = vec![
+        #[cfg(feature = "smol")]
+        async_load::start::<redis_entraid::smol::Smol>(&soak, &endpoint, "smol"),
+        #[cfg(feature = "async-std")]
+        async_load::start::<redis_entraid::async_std::AsyncStd>(&soak, &endpoint, "async-std"),
+    ];
 
     std::thread::sleep(duration);
     soak.stop.store(true, Ordering::SeqCst);
     for worker in workers {
         worker.join().expect("soak worker panicked");
     }
+    let mut renewals = vec![("blocking", soak.provider.generation() - first_generation)];
+    for load in async_loads {
+        renewals.push(load.join().expect("async soak panicked"));
+    }
 
-    let commands = soak.tally.commands.load(Ordering::SeqCst);
-    let failed = soak.tally.failed.load(Ordering::SeqCst);
-    let renewals = soak.provider.generation() - first_generation;
-    println!("commands: {commands}, failed: {failed}, renewals: {renewals}");
+    let (commands, failed) = soak.tallies.totals();
+    let total_renewals: u64 = renewals.iter().map(|(_, n)| n).sum();
+    let per_provider: Vec<String> = renewals.iter().map(|(p, n)| format!("{p} {n}")).collect();
+    println!("commands: {commands}, failed: {failed}, renewals: {total_renewals}");
     println!(
-        "token requests: {}, failed by the endpoint: {}, connections: {}, closed at expiry: {}",
+        "commands/failed by connection type: {}; renewals by provider: {}",
+        soak.tallies.breakdown(),
+        per_provider.join(", ")
+    );
+    println!(
+        "token requests: {}, failed by the endpoint: {}, connections: {}, closed at expiry: {}, \
+         AUTHs repeating the previous token: {}, redis crate warnings: {}",
         endpoint.requests(),
         endpoint.failures(),
         soak.proxy.connections(),
-        soak.proxy.closed_at_expiry()
+        soak.proxy.closed_at_expiry(),
+        repeated_authentications(&soak.proxy),
+        redis_log::warnings()
     );
     assert_eq!(failed, 0, "commands failed");
     assert!(endpoint.failures() > 0, "the endpoint never failed");
-    assert!(
-        renewals >= duration.as_secs() / 6,
-        "only {renewals} renewals in {duration:?}"
-    );
+    // A renewal lands about every TOKEN_LIFETIME - REFRESH_MARGIN. The bound is three
+    // times that interval, which leaves room for failed requests and their retries.
+    let min_renewals = duration.as_secs() / (TOKEN_LIFETIME + REFRESH_MARGIN).as_secs();
+    for (provider, count) in &renewals {
+        assert!(
+            *count >= min_renewals,
+            "{provider}: only {count} renewals in {duration:?}"
+        );
+    }
     assert_eq!(soak.proxy.expired_tokens(), 0, "an expired token was sent");
+}
+
+/// Counts the `AUTH` commands that sent the same token as the connection's previous one.
+/// The proxy records each token by its `exp`, which differs between renewals because a
+/// refresh waits at least a second after the last token arrived.
+fn repeated_authentications(proxy: &AzureProxy) -> usize {
+    proxy
+        .token_expiries()
+        .iter()
+        .map(|exps| exps.windows(2).filter(|pair| pair[0] == pair[1]).count())
+        .sum()
 }
 
 /// The parts of the soak a worker needs.
@@ -150,11 +261,16 @@ impl WorkerContext {
 }
 
 impl Soak {
-    fn spawn(&self, work: impl FnOnce(WorkerContext) + Send + 'static) -> JoinHandle<()> {
+    /// Runs `work` on a thread, counting its commands under `label`.
+    fn spawn(
+        &self,
+        label: &'static str,
+        work: impl FnOnce(WorkerContext) + Send + 'static,
+    ) -> JoinHandle<()> {
         let context = WorkerContext {
             url: self.proxy.url(),
             provider: self.provider.clone(),
-            tally: Arc::clone(&self.tally),
+            tally: self.tallies.get(label),
             stop: Arc::clone(&self.stop),
         };
         std::thread::spawn(move || work(context))
@@ -242,11 +358,11 @@ fn pool_worker(context: WorkerContext) {
         }
         round += 1;
         // Idle long enough that connections miss renewals and tokens expire.
-        std::thread::sleep(Duration::from_millis(if round.is_multiple_of(10) {
-            4500
+        std::thread::sleep(if round.is_multiple_of(10) {
+            IDLE_PAST_EXPIRY
         } else {
-            50
-        }));
+            Duration::from_millis(50)
+        });
     }
 }
 
@@ -288,5 +404,316 @@ fn subscriber_worker(context: WorkerContext, resp3: bool) {
     let missing = (0..sent).filter(|n| !received.contains(n)).count();
     if missing > 0 {
         tally.fail::<()>(&format!("{channel}: {missing} of {sent} messages lost"));
+    }
+}
+
+/// Counts the warnings and errors that the `redis` crate logs, such as the end of a
+/// connection's re-authentication task, and prints the first few.
+mod redis_log {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use log::{Level, LevelFilter, Log, Metadata, Record};
+
+    const MAX_PRINTED: usize = 20;
+
+    /// Counts per message, with the part after the first `:` cut off, so that messages
+    /// differing only in their error group together.
+    static COUNTS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+
+    struct Counter;
+
+    impl Log for Counter {
+        fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+            let target = metadata.target();
+            metadata.level() <= Level::Warn && (target == "redis" || target.starts_with("redis::"))
+        }
+
+        fn log(&self, record: &Record<'_>) {
+            if !self.enabled(record.metadata()) {
+                return;
+            }
+            let message = record.args().to_string();
+            let mut counts = COUNTS.lock().unwrap();
+            if counts.values().sum::<u64>() < MAX_PRINTED as u64 {
+                eprintln!("{} {}: {message}", record.level(), record.target());
+            }
+            let kind = message.split(':').next().unwrap_or_default().to_owned();
+            *counts.entry(kind).or_default() += 1;
+        }
+
+        fn flush(&self) {}
+    }
+
+    static COUNTER: Counter = Counter;
+
+    pub fn install() {
+        log::set_logger(&COUNTER).expect("no other logger in the soak");
+        log::set_max_level(LevelFilter::Warn);
+    }
+
+    /// Lists the count of each message, or `0`.
+    pub fn warnings() -> String {
+        let counts = COUNTS.lock().unwrap();
+        if counts.is_empty() {
+            return "0".to_owned();
+        }
+        let parts: Vec<String> = counts.iter().map(|(m, n)| format!("{n} × {m}")).collect();
+        parts.join("; ")
+    }
+}
+
+/// The `redis` crate's async connection types under the same kind of load, one provider
+/// per runtime. Each type is opened by one function and driven through
+/// `redis::aio::ConnectionLike`, so another type needs only its own `open_*` function and
+/// one more `load_type` call in `run`.
+#[cfg(any(feature = "smol", feature = "async-std"))]
+mod async_load {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::thread::JoinHandle;
+    use std::time::{Duration, Instant};
+
+    use redis::aio::MultiplexedConnection;
+    use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+    use redis::{AsyncCommands, AsyncConnectionConfig, Client};
+    use redis_entraid::aio::{EntraIdProvider, Runtime};
+
+    use super::common::async_scenarios::TestRuntime;
+    use super::common::plain_endpoint::PlainTokenEndpoint;
+    use super::{IDLE_PAST_EXPIRY, Soak, Tally, refresh_policy};
+
+    /// Busy connections of each type per runtime.
+    const BUSY_CONNECTIONS: usize = 2;
+    /// Tasks sharing one busy connection, each on keys of its own.
+    const TASKS_PER_CONNECTION: usize = 2;
+
+    #[cfg(feature = "smol")]
+    impl TestRuntime for redis_entraid::smol::Smol {
+        fn block_on<T>(future: impl Future<Output = T>) -> T {
+            smol::block_on(future)
+        }
+
+        fn spawn_task<T: Send + 'static>(
+            future: impl Future<Output = T> + Send + 'static,
+        ) -> impl Future<Output = T> + Send {
+            smol::spawn(future)
+        }
+    }
+
+    #[cfg(feature = "async-std")]
+    impl TestRuntime for redis_entraid::async_std::AsyncStd {
+        fn block_on<T>(future: impl Future<Output = T>) -> T {
+            async_std::task::block_on(future)
+        }
+
+        fn spawn_task<T: Send + 'static>(
+            future: impl Future<Output = T> + Send + 'static,
+        ) -> impl Future<Output = T> + Send {
+            async_std::task::spawn(future)
+        }
+    }
+
+    type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+    /// What the tasks of one runtime share.
+    struct Load<R> {
+        runtime: &'static str,
+        url: String,
+        provider: EntraIdProvider<R>,
+        soak_tallies: Arc<super::Tallies>,
+        stop: Arc<AtomicBool>,
+    }
+
+    /// Starts a provider for `runtime` on `endpoint` and, on a thread of its own, the
+    /// runtime's connections. The thread ends when the soak stops and returns the
+    /// runtime's name and how many renewals its provider made.
+    pub fn start<R: TestRuntime>(
+        soak: &Soak,
+        endpoint: &PlainTokenEndpoint,
+        runtime: &'static str,
+    ) -> JoinHandle<(&'static str, u64)> {
+        let provider = EntraIdProvider::<R>::builder(endpoint.credential())
+            .refresh_policy(refresh_policy())
+            .start();
+        let load = Load {
+            runtime,
+            url: soak.proxy.url(),
+            provider,
+            soak_tallies: Arc::clone(&soak.tallies),
+            stop: Arc::clone(&soak.stop),
+        };
+        std::thread::spawn(move || R::block_on(run(load)))
+    }
+
+    async fn run<R: TestRuntime>(load: Load<R>) -> (&'static str, u64) {
+        let provider = &load.provider;
+        provider.get_credentials_async().await.expect("first token");
+        let first_generation = provider.generation();
+        // TODO: load this crate's async connection type too, which retries once after
+        // WRONGPASS with a forced refresh, when it is available.
+        let mut tasks = load_type(&load, "multiplexed", open_multiplexed::<R>).await;
+        tasks.extend(load_type(&load, "manager", open_manager::<R>).await);
+        for task in tasks {
+            task.await;
+        }
+        (load.runtime, provider.generation() - first_generation)
+    }
+
+    /// Opens `BUSY_CONNECTIONS` busy connections and one idle connection of one type with
+    /// `open`, and spawns their tasks.
+    async fn load_type<R, C, F, Opening>(load: &Load<R>, kind: &str, open: F) -> Vec<Task>
+    where
+        R: TestRuntime,
+        C: ConnectionLike + Clone + Send + Sync + 'static,
+        F: Fn(String, EntraIdProvider<R>) -> Opening,
+        Opening: Future<Output = C>,
+    {
+        let tally = load.soak_tallies.get(&format!("{} {kind}", load.runtime));
+        let mut tasks: Vec<Task> = Vec::new();
+        for connection_number in 0..BUSY_CONNECTIONS {
+            let connection = open(load.url.clone(), load.provider.clone()).await;
+            for task_number in 0..TASKS_PER_CONNECTION {
+                let key = format!(
+                    "soak:{}:{kind}:{connection_number}:{task_number}",
+                    load.runtime
+                );
+                let busy = busy_task::<R, C>(
+                    connection.clone(),
+                    Arc::clone(&tally),
+                    key,
+                    Arc::clone(&load.stop),
+                );
+                tasks.push(Box::pin(R::spawn_task(busy)));
+            }
+        }
+        let connection = open(load.url.clone(), load.provider.clone()).await;
+        let key = format!("soak:{}:{kind}:idle", load.runtime);
+        let idle = idle_task::<R, C>(connection, tally, key, Arc::clone(&load.stop));
+        tasks.push(Box::pin(R::spawn_task(idle)));
+        tasks
+    }
+
+    async fn open_multiplexed<R: Runtime>(
+        url: String,
+        provider: EntraIdProvider<R>,
+    ) -> MultiplexedConnection {
+        let config = AsyncConnectionConfig::new().set_credentials_provider(provider);
+        Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .expect("open a MultiplexedConnection")
+    }
+
+    async fn open_manager<R: Runtime>(
+        url: String,
+        provider: EntraIdProvider<R>,
+    ) -> ConnectionManager {
+        let config = ConnectionManagerConfig::new().set_credentials_provider(provider);
+        ConnectionManager::new_with_config(Client::open(url).unwrap(), config)
+            .await
+            .expect("open a ConnectionManager")
+    }
+
+    /// Runs rounds of commands on `connection` until the soak stops.
+    async fn busy_task<R: Runtime, C: ConnectionLike + Send + Sync>(
+        mut connection: C,
+        tally: Arc<Tally>,
+        key: String,
+        stop: Arc<AtomicBool>,
+    ) {
+        let mut rounds = Rounds::new(key);
+        while !stop.load(Ordering::Relaxed) {
+            rounds.run(&mut connection, &tally).await;
+            R::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Runs a round of commands on `connection` once per `IDLE_PAST_EXPIRY`, so the
+    /// connection stays idle through renewals and past the expiry of its token.
+    async fn idle_task<R: Runtime, C: ConnectionLike + Send + Sync>(
+        mut connection: C,
+        tally: Arc<Tally>,
+        key: String,
+        stop: Arc<AtomicBool>,
+    ) {
+        let mut rounds = Rounds::new(key);
+        let mut next_round = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if Instant::now() >= next_round {
+                rounds.run(&mut connection, &tally).await;
+                next_round = Instant::now() + IDLE_PAST_EXPIRY;
+            }
+            R::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Plain commands, a pipeline and a transaction per round, checking every reply.
+    ///
+    /// A failed command is counted once: the checks that follow it skip values it may
+    /// have left behind, such as an `INCR` whose reply was lost.
+    struct Rounds {
+        key: String,
+        round: u64,
+        /// The counter's value after the last pipeline, if that pipeline succeeded.
+        count: Option<u64>,
+    }
+
+    impl Rounds {
+        fn new(key: String) -> Self {
+            Rounds {
+                key,
+                round: 0,
+                count: Some(0),
+            }
+        }
+
+        async fn run<C: ConnectionLike + Send + Sync>(
+            &mut self,
+            connection: &mut C,
+            tally: &Tally,
+        ) {
+            let (key, round) = (self.key.as_str(), self.round);
+            let set = tally.record("SET", connection.set::<_, _, ()>(key, round).await);
+            let get = tally.record("GET", connection.get::<_, u64>(key).await);
+            if let (Some(()), Some(value)) = (set, get)
+                && value != round
+            {
+                tally.fail::<()>(&format!("GET {key} returned {value}, expected {round}"));
+            }
+
+            let pipeline = redis::pipe()
+                .incr(format!("{key}:count"), 1)
+                .get(key)
+                .query_async::<(u64, u64)>(connection)
+                .await;
+            let pipeline = tally.record("pipeline", pipeline);
+            if let Some((count, value)) = pipeline {
+                let count_ok = self.count.is_none_or(|previous| count == previous + 1);
+                if !count_ok || (set.is_some() && value != round) {
+                    tally.fail::<()>(&format!(
+                        "pipeline returned ({count}, {value}) in round {round}"
+                    ));
+                }
+            }
+            self.count = pipeline.map(|(count, _)| count);
+
+            let transaction = redis::pipe()
+                .atomic()
+                .set(format!("{key}:tx"), round)
+                .ignore()
+                .get(format!("{key}:tx"))
+                .query_async::<(u64,)>(connection)
+                .await;
+            if let Some((value,)) = tally.record("transaction", transaction)
+                && value != round
+            {
+                tally.fail::<()>(&format!("transaction returned {value} in round {round}"));
+            }
+            self.round += 1;
+        }
     }
 }

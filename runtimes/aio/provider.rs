@@ -295,7 +295,8 @@ impl<R: Runtime> EntraIdProvider<R> {
     /// timeout without blocking the executor.
     ///
     /// Expired credentials are never returned: once the token has expired and no new one
-    /// has arrived, this fails at once with [`Error::TokenExpired`].
+    /// has arrived, this fails at once with [`Error::TokenExpired`], or with
+    /// [`Error::ShutDown`] after [`shutdown`](Self::shutdown).
     pub async fn get_credentials_async(&self) -> Result<Credentials, Error> {
         self.get_credentials_timeout_async(self.first_token_timeout)
             .await
@@ -314,8 +315,9 @@ impl<R: Runtime> EntraIdProvider<R> {
             .wait_until::<R, _>(&mut None, Some(timeout), |inner, _| {
                 match inner.manager.credentials(SystemTime::now()) {
                     Ok(credentials) => Some(Ok(credentials.clone())),
-                    Err(Error::NotAcquired { .. }) if !inner.shutdown => None,
-                    Err(Error::NotAcquired { .. }) => Some(Err(Error::ShutDown)),
+                    // No token comes after shutdown, so a missing or expired one is final.
+                    Err(_) if inner.shutdown => Some(Err(Error::ShutDown)),
+                    Err(Error::NotAcquired { .. }) => None,
                     Err(error) => Some(Err(error)),
                 }
             })
@@ -355,6 +357,8 @@ impl<R: Runtime> EntraIdProvider<R> {
 
     /// Stops renewal for every clone of this provider: the renewal task ends after any
     /// request in flight, waiters get [`Error::ShutDown`] and credential streams end.
+    /// Later calls return the current credentials until they expire, then
+    /// [`Error::ShutDown`].
     pub fn shutdown(&self) {
         self.shared().shut_down();
     }

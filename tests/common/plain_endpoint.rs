@@ -75,6 +75,16 @@ impl PlainTokenEndpoint {
         self.issuer.set_down(down);
     }
 
+    /// See [`Issuer::repeat_last_token`].
+    pub fn repeat_last_token(&self, repeat: bool) {
+        self.issuer.repeat_last_token(repeat);
+    }
+
+    /// See [`Issuer::fail_every`].
+    pub fn fail_every(&self, n: u64) {
+        self.issuer.fail_every(n);
+    }
+
     /// See [`Issuer::failures`].
     pub fn failures(&self) -> u64 {
         self.issuer.failures()
