@@ -4,9 +4,8 @@
 //!
 //! Each scenario is generic over the runtime and runs under smol's and async-std's own
 //! `block_on`. The token endpoint is the std-only one, so no tokio runtime runs in this
-//! process. The scenarios take a lock, because the checks that renewal has ended would
-//! see the requests of a scenario running beside them, and because each one starts its own
-//! `redis-server`.
+//! process. Each scenario starts its own `redis-server`, proxy and endpoint, so scenarios
+//! can run side by side.
 #![cfg(any(feature = "smol", feature = "async-std"))]
 
 mod common;
@@ -14,7 +13,7 @@ mod common;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::{Either, select};
@@ -33,13 +32,8 @@ use common::redis_server::RedisServer;
 const LIFETIME: Duration = Duration::from_secs(4);
 const MARGIN: Duration = Duration::from_secs(2);
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Runs `scenario` under `R`'s `block_on`, one scenario at a time.
+/// Runs `scenario` under `R`'s `block_on`.
 fn run<R: TestRuntime>(scenario: impl Future<Output = ()>) {
-    let _serial: MutexGuard<'_, ()> = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
     R::block_on(scenario);
 }
 
