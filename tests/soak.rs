@@ -2,8 +2,10 @@
 //! tokens a few seconds long and an identity endpoint that fails every third request.
 //!
 //! The blocking connection types run on threads. With the `smol` and `async-std` features,
-//! each runtime also runs `MultiplexedConnection`s and `ConnectionManager`s of the `redis`
-//! crate, configured with that runtime's own provider, on the same endpoint and proxy.
+//! each runtime also runs, with a provider of its own on the same endpoint and proxy:
+//! `MultiplexedConnection`s and `ConnectionManager`s of the `redis` crate configured with
+//! the provider, the same two wrapped in this crate's async `EntraConnection`, and a RESP2
+//! and a RESP3 `EntraPubSub` that must receive every message published to them.
 //!
 //! Run it with `SOAK_SECS=120 cargo test --release --all-features --test soak --
 //! --ignored` (the default length is 30 s). It prints `commands: N, failed: F, renewals: R`
@@ -469,6 +471,7 @@ mod redis_log {
 /// one more `load_type` call in `run`.
 #[cfg(any(feature = "smol", feature = "async-std"))]
 mod async_load {
+    use std::collections::BTreeSet;
     use std::future::Future;
     use std::pin::Pin;
     use std::sync::Arc;
@@ -479,7 +482,7 @@ mod async_load {
     use redis::aio::MultiplexedConnection;
     use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
     use redis::{AsyncCommands, AsyncConnectionConfig, Client};
-    use redis_entraid::aio::{EntraIdProvider, Runtime};
+    use redis_entraid::aio::{EntraConnection, EntraIdProvider, EntraPubSub, Runtime};
 
     use super::common::async_scenarios::TestRuntime;
     use super::common::plain_endpoint::PlainTokenEndpoint;
@@ -552,10 +555,14 @@ mod async_load {
         let provider = &load.provider;
         provider.get_credentials_async().await.expect("first token");
         let first_generation = provider.generation();
-        // TODO: load this crate's async connection type too, which retries once after
-        // WRONGPASS with a forced refresh, when it is available.
         let mut tasks = load_type(&load, "multiplexed", open_multiplexed::<R>).await;
         tasks.extend(load_type(&load, "manager", open_manager::<R>).await);
+        tasks.extend(load_type(&load, "entra multiplexed", open_entra_multiplexed::<R>).await);
+        tasks.extend(load_type(&load, "entra manager", open_entra_manager::<R>).await);
+        for resp3 in [false, true] {
+            let subscriber = subscriber_task(&load, resp3).await;
+            tasks.push(Box::pin(R::spawn_task(subscriber)));
+        }
         for task in tasks {
             task.await;
         }
@@ -616,6 +623,79 @@ mod async_load {
         ConnectionManager::new_with_config(Client::open(url).unwrap(), config)
             .await
             .expect("open a ConnectionManager")
+    }
+
+    /// Returns a task that publishes a counter every 10 ms through an `EntraConnection`
+    /// and reads it back through this crate's async `EntraPubSub` until the soak stops,
+    /// then records every number that never arrived as a failure.
+    async fn subscriber_task<R: TestRuntime>(
+        load: &Load<R>,
+        resp3: bool,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let protocol = if resp3 { "resp3" } else { "resp2" };
+        let url = format!("{}?protocol={protocol}", load.url);
+        let channel = format!("soak:{}:{protocol}", load.runtime);
+        let tally = load
+            .soak_tallies
+            .get(&format!("{} pub/sub {protocol}", load.runtime));
+        let mut subscriber = EntraPubSub::open(url.as_str(), &load.provider)
+            .await
+            .expect("open an async EntraPubSub");
+        subscriber.subscribe(&channel).await.expect("SUBSCRIBE");
+        let mut publisher = open_entra_multiplexed(load.url.clone(), load.provider.clone()).await;
+        let stop = Arc::clone(&load.stop);
+        async move {
+            let mut sent = 0u64;
+            let mut received = BTreeSet::new();
+            let mut last_publish = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                if last_publish.elapsed() >= Duration::from_millis(10) {
+                    let published = publisher.publish::<_, _, ()>(&channel, sent).await;
+                    tally.record("PUBLISH", published);
+                    sent += 1;
+                    last_publish = Instant::now();
+                }
+                let message = subscriber
+                    .next_message_timeout(Duration::from_millis(10))
+                    .await;
+                if let Some(Some(message)) = tally.record("next_message", message) {
+                    received.insert(message.get_payload::<u64>().unwrap_or(u64::MAX));
+                }
+            }
+            // Collect what is still on its way.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while received.len() < sent as usize && Instant::now() < deadline {
+                let message = subscriber
+                    .next_message_timeout(Duration::from_millis(100))
+                    .await;
+                if let Ok(Some(message)) = message {
+                    received.insert(message.get_payload::<u64>().unwrap_or(u64::MAX));
+                }
+            }
+            let missing = (0..sent).filter(|n| !received.contains(n)).count();
+            if missing > 0 {
+                tally.fail::<()>(&format!("{channel}: {missing} of {sent} messages lost"));
+            }
+        }
+    }
+
+    async fn open_entra_multiplexed<R: Runtime>(
+        url: String,
+        provider: EntraIdProvider<R>,
+    ) -> EntraConnection<R, MultiplexedConnection> {
+        let client = Client::open(url).unwrap();
+        EntraConnection::multiplexed(&client, &provider)
+            .await
+            .expect("open an EntraConnection over a MultiplexedConnection")
+    }
+
+    async fn open_entra_manager<R: Runtime>(
+        url: String,
+        provider: EntraIdProvider<R>,
+    ) -> EntraConnection<R, ConnectionManager> {
+        EntraConnection::manager(Client::open(url).unwrap(), &provider)
+            .await
+            .expect("open an EntraConnection over a ConnectionManager")
     }
 
     /// Runs rounds of commands on `connection` until the soak stops.
