@@ -89,6 +89,9 @@ impl<R: TestRuntime> Azure<R> {
 /// An inner connection type, opened through the proxy with settings that suit the tests.
 trait Inner: ConnectionLike + Clone + Send + Sync + Sized + 'static {
     const NAME: &'static str;
+    /// The authentications a new connection sends with its first token: the handshake,
+    /// and for a `ConnectionManager` the `redis` crate's `AUTH` with the same token.
+    const FIRST_AUTHS: usize;
 
     /// Opens a connection with no response timeout, so blocking commands can wait.
     async fn open<R: TestRuntime>(
@@ -99,6 +102,7 @@ trait Inner: ConnectionLike + Clone + Send + Sync + Sized + 'static {
 
 impl Inner for MultiplexedConnection {
     const NAME: &'static str = "MultiplexedConnection";
+    const FIRST_AUTHS: usize = 1;
 
     async fn open<R: TestRuntime>(
         url: String,
@@ -112,6 +116,7 @@ impl Inner for MultiplexedConnection {
 
 impl Inner for ConnectionManager {
     const NAME: &'static str = "ConnectionManager";
+    const FIRST_AUTHS: usize = 2;
 
     async fn open<R: TestRuntime>(
         url: String,
@@ -126,9 +131,9 @@ impl Inner for ConnectionManager {
     }
 }
 
-/// Opens a connection through `proxy` and waits until it has sent both of its first
-/// authentications: the handshake and the `redis` crate's `AUTH` with the same token.
-/// Faults injected afterwards hit the renewals and the retries, not those two.
+/// Opens a connection through `proxy` and waits until it has sent its first
+/// authentications ([`Inner::FIRST_AUTHS`]). Faults injected afterwards hit the renewals
+/// and the retries, not those.
 async fn connect<R: TestRuntime, C: Inner>(
     proxy: &AzureProxy,
     provider: &EntraIdProvider<R>,
@@ -137,8 +142,8 @@ async fn connect<R: TestRuntime, C: Inner>(
         .await
         .unwrap_or_else(|error| panic!("{}: connect through the proxy: {error}", C::NAME));
     let index = proxy.connections() - 1;
-    wait_until::<R>(Duration::from_secs(2), "the first two AUTHs", || {
-        proxy.authentications()[index] >= 2
+    wait_until::<R>(Duration::from_secs(2), "the first AUTHs", || {
+        proxy.authentications()[index] >= C::FIRST_AUTHS
     })
     .await;
     connection
@@ -229,7 +234,11 @@ async fn concurrent_wrongpass_causes_one_refresh<R: TestRuntime>() {
             .unwrap_or_else(|error| panic!("task {task}: {error}"));
     }
     assert_eq!(azure.endpoint.requests(), requests + 1, "one token request");
-    assert_eq!(azure.proxy.authentications(), vec![3], "one AUTH for all");
+    assert_eq!(
+        azure.proxy.authentications(),
+        vec![MultiplexedConnection::FIRST_AUTHS + 1],
+        "one AUTH for all"
+    );
 }
 
 async fn wrongpass_with_fresh_token_is_returned<R: TestRuntime, C: Inner>() {
@@ -252,7 +261,12 @@ async fn wrongpass_with_fresh_token_is_returned<R: TestRuntime, C: Inner>() {
         connection.reauthentications() == 1
     })
     .await;
-    assert_eq!(azure.proxy.authentications(), vec![4], "{}", C::NAME);
+    assert_eq!(
+        azure.proxy.authentications(),
+        vec![C::FIRST_AUTHS + 2],
+        "{}",
+        C::NAME
+    );
     assert_eq!(azure.endpoint.requests(), requests + 1, "{}", C::NAME);
 
     // A command rejected again after the retry is returned. The retry forced the second
@@ -298,7 +312,7 @@ async fn noperm_is_an_ordinary_command_error<R: TestRuntime, C: Inner>() {
     assert_eq!(azure.proxy.connections(), 1, "{}: no reconnect", C::NAME);
     assert_eq!(
         azure.proxy.authentications(),
-        vec![2],
+        vec![C::FIRST_AUTHS],
         "{}: no AUTH",
         C::NAME
     );
@@ -764,8 +778,50 @@ async fn connection_idle_through_many_renewals<R: TestRuntime, C: Inner>() {
     assert_eq!(azure.proxy.closed_at_expiry(), 0, "{}", C::NAME);
     assert_eq!(azure.proxy.connections(), 2, "{}", C::NAME);
     let expiries = azure.proxy.token_expiries();
-    assert!(expiries[0].len() >= 2 + 3, "{}: {expiries:?}", C::NAME);
+    assert!(
+        expiries[0].len() >= C::FIRST_AUTHS + 3,
+        "{}: {expiries:?}",
+        C::NAME
+    );
     assert_eq!(azure.proxy.expired_tokens(), 0, "{}", C::NAME);
+}
+
+/// F02: a connection sends one authentication per distinct token, none for a token that
+/// comes back unchanged, and (with a `ConnectionManager`) one more right after connecting.
+async fn auth_count_equals_distinct_tokens<R: TestRuntime, C: Inner>() {
+    let azure = Azure::<R>::start(4, 2).await;
+    let mut connection = connect::<R, C>(&azure.proxy, &azure.provider).await;
+    let _: () = connection.set("k", 0).await.unwrap();
+
+    // The endpoint answers the next refreshes with the same token: no AUTH follows.
+    let requests = azure.endpoint.requests();
+    azure.endpoint.repeat_last_token(true);
+    wait_until::<R>(Duration::from_secs(4), "a repeated token", || {
+        azure.endpoint.requests() > requests
+    })
+    .await;
+    azure.endpoint.repeat_last_token(false);
+    let generation = azure.provider.generation();
+    while azure.provider.generation() < generation + 3 {
+        let _: () = connection.set("k", 1).await.unwrap();
+        R::sleep(Duration::from_millis(20)).await;
+    }
+    wait_until::<R>(Duration::from_secs(2), "the last AUTH", || {
+        connection.reauthentications() >= 3
+    })
+    .await;
+
+    let sent = azure.proxy.token_expiries()[0].clone();
+    let mut distinct = sent.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 4, "{}: {sent:?}", C::NAME);
+    assert_eq!(
+        sent.len(),
+        distinct.len() + C::FIRST_AUTHS - 1,
+        "{}: {sent:?}",
+        C::NAME
+    );
+    assert_eq!(azure.proxy.connections(), 1, "{}", C::NAME);
 }
 
 /// Scenarios with the inner connection types fixed, for the per-runtime test modules.
@@ -773,6 +829,14 @@ async fn wrongpass_both<R: TestRuntime>() {
     for_both(
         wrongpass_on_command_retries_once::<R, MultiplexedConnection>(),
         wrongpass_on_command_retries_once::<R, ConnectionManager>(),
+    )
+    .await;
+}
+
+async fn auth_count_both<R: TestRuntime>() {
+    for_both(
+        auth_count_equals_distinct_tokens::<R, MultiplexedConnection>(),
+        auth_count_equals_distinct_tokens::<R, ConnectionManager>(),
     )
     .await;
 }
@@ -867,6 +931,11 @@ mod smol_runtime {
     #[test]
     fn wrongpass_on_command_retries_once() {
         Smol::block_on(wrongpass_both::<Smol>());
+    }
+
+    #[test]
+    fn auth_count_equals_distinct_tokens() {
+        Smol::block_on(auth_count_both::<Smol>());
     }
 
     #[test]

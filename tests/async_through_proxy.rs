@@ -324,9 +324,8 @@ pub async fn outage_serves_valid_token_then_recovers<R: TestRuntime>() {
 /// subscription's first item, which is the same token. After that, it sends one `AUTH`
 /// per renewal, and none while the endpoint returns the same token again.
 ///
-/// TODO: a connection should send one `AUTH` per distinct token. When a connection type
-/// of this crate avoids the repeated `AUTH`, test it here with a count of exactly the
-/// distinct tokens.
+/// `EntraConnection::multiplexed` sends exactly one per distinct token; the test of that
+/// is `auth_count_equals_distinct_tokens` in `tests/async_faults.rs`.
 pub async fn auth_count_is_distinct_tokens_plus_one<R: TestRuntime>() {
     // Long enough that the first token outlives the phase in which it comes back.
     let azure = Azure::start(Duration::from_secs(10));

@@ -61,9 +61,11 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// - The task sends no `AUTH` between a `MULTI` sent through this type and its `EXEC` or
 ///   `DISCARD`; it sends it when the transaction ends.
 ///
-/// The task stops when the last clone is dropped or the provider shuts down. Each new
-/// connection still sends one `AUTH` with its handshake's token right after connecting,
-/// because the `redis` crate's task starts with those credentials.
+/// The task stops when the last clone is dropped or the provider shuts down. Over a
+/// `MultiplexedConnection`, the connection sends one `AUTH` (or handshake) per token.
+/// Each connection a `ConnectionManager` opens sends one more, with its handshake's token
+/// right after connecting, because the `redis` crate's task starts with those
+/// credentials.
 ///
 /// # When a command is sent again
 ///
@@ -221,10 +223,8 @@ impl<R: Runtime> EntraConnection<R, MultiplexedConnection> {
         config: AsyncConnectionConfig,
     ) -> RedisResult<Self> {
         let state = Arc::new(AuthState::new());
-        let config = config.set_credentials_provider(HandshakeCredentials {
-            provider: provider.clone(),
-            state: Arc::clone(&state),
-        });
+        let config =
+            config.set_credentials_provider(HandshakeCredentials::new(provider, &state, true));
         let inner = client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
@@ -249,10 +249,8 @@ impl<R: Runtime> EntraConnection<R, ConnectionManager> {
         config: ConnectionManagerConfig,
     ) -> RedisResult<Self> {
         let state = Arc::new(AuthState::new());
-        let config = config.set_credentials_provider(HandshakeCredentials {
-            provider: provider.clone(),
-            state: Arc::clone(&state),
-        });
+        let config =
+            config.set_credentials_provider(HandshakeCredentials::new(provider, &state, false));
         let inner = ConnectionManager::new_with_config(client, config).await?;
         Ok(Self::start(inner, provider.clone(), state))
     }
@@ -559,17 +557,43 @@ async fn reauthenticate_on_renewal<R, C>(
 
 /// The credentials the inner connection authenticates its handshakes with.
 ///
-/// Each subscription yields the current credentials once, as the `redis` crate's streams
-/// from [`EntraIdProvider`] do, and then nothing: the crate's re-authentication task
-/// (redis 1.8.2) sends one `AUTH` with them and idles until the connection is dropped,
-/// while [`EntraConnection`]'s task sends the renewals.
+/// The `redis` crate (1.8.2) subscribes twice for each connection it opens: once for the
+/// handshake, and once more, after a successful handshake, for its re-authentication
+/// task, which sends `AUTH` for every item, the first included. [`EntraConnection`]'s
+/// own task sends the renewals, so the crate's task needs no items:
+///
+/// - For a `MultiplexedConnection`, which opens one connection, the first subscription
+///   yields the current credentials once and the second yields nothing. The connection
+///   sends one `AUTH` per token.
+/// - A `ConnectionManager` opens a connection again after a failure, and a handshake
+///   that fails subscribes once, not twice, so the two kinds cannot be told apart by
+///   their order. Each subscription yields the current credentials once, and the
+///   crate's task repeats the handshake's token in one `AUTH` per connection.
 struct HandshakeCredentials<R> {
     provider: EntraIdProvider<R>,
     state: Arc<AuthState>,
+    /// Set for a `MultiplexedConnection`: subscriptions after the first yield nothing.
+    single_connection: bool,
+    subscriptions: AtomicU64,
+}
+
+impl<R> HandshakeCredentials<R> {
+    fn new(provider: &EntraIdProvider<R>, state: &Arc<AuthState>, single: bool) -> Self {
+        HandshakeCredentials {
+            provider: provider.clone(),
+            state: Arc::clone(state),
+            single_connection: single,
+            subscriptions: AtomicU64::new(0),
+        }
+    }
 }
 
 impl<R: Runtime> StreamingCredentialsProvider for HandshakeCredentials<R> {
     fn subscribe(&self) -> Pin<Box<dyn Stream<Item = RedisResult<BasicAuth>> + Send + 'static>> {
+        let earlier = self.subscriptions.fetch_add(1, Ordering::AcqRel);
+        if self.single_connection && earlier > 0 {
+            return Box::pin(stream::pending());
+        }
         let provider = self.provider.clone();
         let state = Arc::clone(&self.state);
         let first = async move {
