@@ -910,23 +910,9 @@ async fn idle_through_renewals_both<R: TestRuntime>() {
 }
 
 mod smol_runtime {
-    use std::future::Future;
-
     use redis_entraid::smol::Smol;
 
     use super::*;
-
-    impl TestRuntime for Smol {
-        fn block_on<T>(future: impl Future<Output = T>) -> T {
-            smol::block_on(future)
-        }
-
-        fn spawn_task<T: Send + 'static>(
-            future: impl Future<Output = T> + Send + 'static,
-        ) -> impl Future<Output = T> + Send {
-            smol::spawn(future)
-        }
-    }
 
     #[test]
     fn wrongpass_on_command_retries_once() {
@@ -1019,23 +1005,9 @@ mod smol_runtime {
 /// The scenarios that exercise the runtime's services most: timers for renewal and
 /// retries, spawned tasks, and the end of renewal when the last handle goes.
 mod async_std_runtime {
-    use std::future::Future;
-
     use redis_entraid::async_std::AsyncStd;
 
     use super::*;
-
-    impl TestRuntime for AsyncStd {
-        fn block_on<T>(future: impl Future<Output = T>) -> T {
-            async_std::task::block_on(future)
-        }
-
-        fn spawn_task<T: Send + 'static>(
-            future: impl Future<Output = T> + Send + 'static,
-        ) -> impl Future<Output = T> + Send {
-            async_std::task::spawn(future)
-        }
-    }
 
     #[test]
     fn wrongpass_on_command_retries_once() {

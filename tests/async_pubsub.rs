@@ -30,30 +30,6 @@ const AUTH_NOT_ALLOWED: &str = "ERR Can't execute 'auth': only (P|S)SUBSCRIBE / 
                                 (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this \
                                 context";
 
-impl TestRuntime for Smol {
-    fn block_on<T>(future: impl Future<Output = T>) -> T {
-        smol::block_on(future)
-    }
-
-    fn spawn_task<T: Send + 'static>(
-        future: impl Future<Output = T> + Send + 'static,
-    ) -> impl Future<Output = T> + Send {
-        smol::spawn(future)
-    }
-}
-
-impl TestRuntime for AsyncStd {
-    fn block_on<T>(future: impl Future<Output = T>) -> T {
-        async_std::task::block_on(future)
-    }
-
-    fn spawn_task<T: Send + 'static>(
-        future: impl Future<Output = T> + Send + 'static,
-    ) -> impl Future<Output = T> + Send {
-        async_std::task::spawn(future)
-    }
-}
-
 /// A redis-server behind the proxy, a token endpoint and a provider, dropped in the order
 /// the fields are declared.
 struct Azure<R> {

@@ -3,22 +3,8 @@
 
 mod common;
 
-use std::future::Future;
-
 use common::async_scenarios::{self as scenario, TestRuntime};
 use redis_entraid::async_std::AsyncStd;
-
-impl TestRuntime for AsyncStd {
-    fn block_on<T>(future: impl Future<Output = T>) -> T {
-        async_std::task::block_on(future)
-    }
-
-    fn spawn_task<T: Send + 'static>(
-        future: impl Future<Output = T> + Send + 'static,
-    ) -> impl Future<Output = T> + Send {
-        async_std::task::spawn(future)
-    }
-}
 
 #[test]
 fn multiplexed_through_renewals() {

@@ -383,23 +383,7 @@ pub async fn auth_count_is_distinct_tokens_plus_one<R: TestRuntime>() {
 
 #[cfg(feature = "smol")]
 mod smol_runtime {
-    use std::future::Future;
-
     use redis_entraid::smol::Smol;
-
-    use super::TestRuntime;
-
-    impl TestRuntime for Smol {
-        fn block_on<T>(future: impl Future<Output = T>) -> T {
-            smol::block_on(future)
-        }
-
-        fn spawn_task<T: Send + 'static>(
-            future: impl Future<Output = T> + Send + 'static,
-        ) -> impl Future<Output = T> + Send {
-            smol::spawn(future)
-        }
-    }
 
     #[test]
     fn renewal_survives_dropping_original() {
@@ -429,23 +413,7 @@ mod smol_runtime {
 
 #[cfg(feature = "async-std")]
 mod async_std_runtime {
-    use std::future::Future;
-
     use redis_entraid::async_std::AsyncStd;
-
-    use super::TestRuntime;
-
-    impl TestRuntime for AsyncStd {
-        fn block_on<T>(future: impl Future<Output = T>) -> T {
-            async_std::task::block_on(future)
-        }
-
-        fn spawn_task<T: Send + 'static>(
-            future: impl Future<Output = T> + Send + 'static,
-        ) -> impl Future<Output = T> + Send {
-            async_std::task::spawn(future)
-        }
-    }
 
     #[test]
     fn renewal_survives_dropping_original() {

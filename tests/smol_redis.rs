@@ -3,22 +3,8 @@
 
 mod common;
 
-use std::future::Future;
-
 use common::async_scenarios::{self as scenario, TestRuntime};
 use redis_entraid::smol::Smol;
-
-impl TestRuntime for Smol {
-    fn block_on<T>(future: impl Future<Output = T>) -> T {
-        smol::block_on(future)
-    }
-
-    fn spawn_task<T: Send + 'static>(
-        future: impl Future<Output = T> + Send + 'static,
-    ) -> impl Future<Output = T> + Send {
-        smol::spawn(future)
-    }
-}
 
 #[test]
 fn multiplexed_through_renewals() {

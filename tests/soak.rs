@@ -493,32 +493,6 @@ mod async_load {
     /// Tasks sharing one busy connection, each on keys of its own.
     const TASKS_PER_CONNECTION: usize = 2;
 
-    #[cfg(feature = "smol")]
-    impl TestRuntime for redis_entraid::smol::Smol {
-        fn block_on<T>(future: impl Future<Output = T>) -> T {
-            smol::block_on(future)
-        }
-
-        fn spawn_task<T: Send + 'static>(
-            future: impl Future<Output = T> + Send + 'static,
-        ) -> impl Future<Output = T> + Send {
-            smol::spawn(future)
-        }
-    }
-
-    #[cfg(feature = "async-std")]
-    impl TestRuntime for redis_entraid::async_std::AsyncStd {
-        fn block_on<T>(future: impl Future<Output = T>) -> T {
-            async_std::task::block_on(future)
-        }
-
-        fn spawn_task<T: Send + 'static>(
-            future: impl Future<Output = T> + Send + 'static,
-        ) -> impl Future<Output = T> + Send {
-            async_std::task::spawn(future)
-        }
-    }
-
     type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
     /// What the tasks of one runtime share.

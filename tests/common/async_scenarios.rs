@@ -479,3 +479,29 @@ pub async fn connection_keeps_renewal_alive<R: TestRuntime>() {
         "renewal went on without handles"
     );
 }
+
+#[cfg(feature = "smol")]
+impl TestRuntime for redis_entraid::smol::Smol {
+    fn block_on<T>(future: impl Future<Output = T>) -> T {
+        smol::block_on(future)
+    }
+
+    fn spawn_task<T: Send + 'static>(
+        future: impl Future<Output = T> + Send + 'static,
+    ) -> impl Future<Output = T> + Send {
+        smol::spawn(future)
+    }
+}
+
+#[cfg(feature = "async-std")]
+impl TestRuntime for redis_entraid::async_std::AsyncStd {
+    fn block_on<T>(future: impl Future<Output = T>) -> T {
+        async_std::task::block_on(future)
+    }
+
+    fn spawn_task<T: Send + 'static>(
+        future: impl Future<Output = T> + Send + 'static,
+    ) -> impl Future<Output = T> + Send {
+        async_std::task::spawn(future)
+    }
+}
