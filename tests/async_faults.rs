@@ -15,17 +15,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::async_azure::{Azure, wait_until};
 use common::async_scenarios::TestRuntime;
 use common::azure_proxy::{AzureProxy, WRONGPASS};
 use common::jwt::OID;
-use common::plain_endpoint::PlainTokenEndpoint;
-use common::redis_server::RedisServer;
 use futures_util::future::join;
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
 };
 use redis::{AsyncCommands, AsyncConnectionConfig, Client, RedisResult, Value};
-use redis_entraid::RefreshPolicy;
 use redis_entraid::aio::{EntraConnection, EntraIdProvider};
 
 /// The forms in which servers reject credentials.
@@ -37,54 +35,6 @@ const WRONGPASS_FORMS: [&str; 3] = [
 
 const NOPERM: &str = "NOPERM User 11111111-2222-3333-4444-555555555555 has no permissions \
                       to run the 'set' command";
-
-/// A redis-server behind the proxy, a token endpoint and a provider, dropped in the order
-/// the fields are declared.
-struct Azure<R> {
-    provider: EntraIdProvider<R>,
-    proxy: AzureProxy,
-    endpoint: PlainTokenEndpoint,
-    redis: RedisServer,
-}
-
-impl<R: TestRuntime> Azure<R> {
-    /// Starts everything with tokens of `lifetime_secs`, refreshed `margin_secs` before
-    /// expiry, and waits for the first token.
-    async fn start(lifetime_secs: u64, margin_secs: u64) -> Self {
-        let redis = RedisServer::start();
-        let lifetime = Duration::from_secs(lifetime_secs);
-        let endpoint = PlainTokenEndpoint::start(lifetime, Some(redis.url()));
-        let proxy = AzureProxy::start(redis.port());
-        let policy = RefreshPolicy::default().with_margin(Duration::from_secs(margin_secs));
-        let provider = EntraIdProvider::<R>::builder(endpoint.credential())
-            .refresh_policy(policy)
-            .first_token_timeout(Duration::from_secs(10))
-            .start();
-        provider.get_credentials_async().await.expect("first token");
-        Azure {
-            provider,
-            proxy,
-            endpoint,
-            redis,
-        }
-    }
-
-    /// Waits until the provider has published `more` new tokens.
-    async fn wait_for_renewals(&self, more: u64) {
-        let target = self.provider.generation() + more;
-        let limit = Duration::from_secs(5 * more);
-        wait_until::<R>(limit, "renewal", || self.provider.generation() >= target).await;
-    }
-
-    /// Returns the `exp` of the newest token the endpoint issued.
-    fn newest_exp(&self) -> u64 {
-        self.endpoint
-            .issued()
-            .last()
-            .expect("a token was issued")
-            .exp
-    }
-}
 
 /// An inner connection type, opened through the proxy with settings that suit the tests.
 trait Inner: ConnectionLike + Clone + Send + Sync + Sized + 'static {
@@ -147,22 +97,6 @@ async fn connect<R: TestRuntime, C: Inner>(
     })
     .await;
     connection
-}
-
-/// Checks `condition` every 10 ms until it holds, failing the test after `limit`.
-async fn wait_until<R: TestRuntime>(
-    limit: Duration,
-    description: &str,
-    mut condition: impl FnMut() -> bool,
-) {
-    let started = Instant::now();
-    while !condition() {
-        assert!(
-            started.elapsed() < limit,
-            "no {description} within {limit:?}"
-        );
-        R::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Sleeps until the Unix time `exp` has passed by `extra`.
@@ -383,7 +317,7 @@ async fn transaction_defers_reauthentication<R: TestRuntime>() {
     let azure = Azure::<R>::start(4, 2).await;
     let mut connection = connect::<R, MultiplexedConnection>(&azure.proxy, &azure.provider).await;
     // Start right after a renewal, so the transaction ends before the token expires.
-    azure.wait_for_renewals(1).await;
+    azure.wait_for_renewals(1, Duration::from_secs(5)).await;
     wait_until::<R>(Duration::from_secs(2), "AUTH after the renewal", || {
         connection.reauthentications() == 1
     })
@@ -398,7 +332,7 @@ async fn transaction_defers_reauthentication<R: TestRuntime>() {
         .query_async::<()>(&mut connection)
         .await
         .unwrap();
-    azure.wait_for_renewals(1).await;
+    azure.wait_for_renewals(1, Duration::from_secs(5)).await;
     R::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         azure.proxy.authentications()[0],
@@ -440,7 +374,7 @@ async fn failed_reauthentication_is_retried<R: TestRuntime, C: Inner>() {
     // The AUTH after the first renewal fails with an ordinary error; the task sends it
     // again after a short delay.
     azure.proxy.reject_next_auth("ERR injected AUTH failure");
-    azure.wait_for_renewals(1).await;
+    azure.wait_for_renewals(1, Duration::from_secs(5)).await;
     wait_until::<R>(Duration::from_secs(2), "AUTH sent again", || {
         connection.reauthentications() == 1
     })
@@ -458,7 +392,7 @@ async fn failed_reauthentication_is_retried<R: TestRuntime, C: Inner>() {
     // token is accepted.
     azure.proxy.reject_next_auth(WRONGPASS);
     let requests = azure.endpoint.requests();
-    azure.wait_for_renewals(1).await;
+    azure.wait_for_renewals(1, Duration::from_secs(5)).await;
     wait_until::<R>(Duration::from_secs(3), "AUTH after the rejection", || {
         connection.reauthentications() == 2
     })
@@ -496,7 +430,7 @@ async fn auth_io_error_replaces_manager_connection<R: TestRuntime>() {
     let azure = Azure::<R>::start(30, 28).await;
     let mut connection = connect::<R, ConnectionManager>(&azure.proxy, &azure.provider).await;
     azure.proxy.close_on_next_auth();
-    azure.wait_for_renewals(1).await;
+    azure.wait_for_renewals(1, Duration::from_secs(5)).await;
     // The task's AUTH closed the connection, so the manager reconnects, and its
     // handshake uses the current token.
     wait_until::<R>(Duration::from_secs(3), "a new connection", || {
@@ -578,7 +512,7 @@ async fn connection_keeps_renewal_after_provider_clone_dropped<R: TestRuntime, C
 async fn manager_reconnect_uses_newest_token<R: TestRuntime>() {
     let azure = Azure::<R>::start(4, 2).await;
     let mut connection = connect::<R, ConnectionManager>(&azure.proxy, &azure.provider).await;
-    azure.wait_for_renewals(1).await;
+    azure.wait_for_renewals(1, Duration::from_secs(5)).await;
     let newest = azure.newest_exp();
     azure.proxy.close_all();
     // The first command may have been written before the close was seen, so it may fail,
@@ -632,7 +566,7 @@ async fn idle_connections_reauthenticate_at_renewal<R: TestRuntime, C: Inner>() 
         idle.push(connect::<R, C>(&azure.proxy, &azure.provider).await);
     }
     let first_exp = azure.newest_exp();
-    azure.wait_for_renewals(1).await;
+    azure.wait_for_renewals(1, Duration::from_secs(5)).await;
     // Commands on one connection only, until past the first token's expiry.
     while SystemTime::now()
         < UNIX_EPOCH + Duration::from_secs(first_exp) + Duration::from_millis(300)

@@ -13,15 +13,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::async_azure::{Azure, wait_until};
 use common::async_scenarios::TestRuntime;
-use common::azure_proxy::{AzureProxy, WRONGPASS};
-use common::plain_endpoint::PlainTokenEndpoint;
+use common::azure_proxy::WRONGPASS;
 use common::redis_server::RedisServer;
 use futures_util::StreamExt;
 use futures_util::future::{Either, select};
 use redis::Commands;
-use redis_entraid::RefreshPolicy;
-use redis_entraid::aio::{EntraIdProvider, EntraPubSub, Runtime};
+use redis_entraid::aio::EntraPubSub;
 use redis_entraid::async_std::AsyncStd;
 use redis_entraid::smol::Smol;
 
@@ -30,49 +29,12 @@ const AUTH_NOT_ALLOWED: &str = "ERR Can't execute 'auth': only (P|S)SUBSCRIBE / 
                                 (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this \
                                 context";
 
-/// A redis-server behind the proxy, a token endpoint and a provider, dropped in the order
-/// the fields are declared.
-struct Azure<R> {
-    provider: EntraIdProvider<R>,
-    proxy: AzureProxy,
-    endpoint: PlainTokenEndpoint,
-    redis: RedisServer,
-}
-
 impl<R: TestRuntime> Azure<R> {
-    /// Starts everything with tokens of `lifetime_secs`, refreshed `margin_secs` before
-    /// expiry.
-    async fn start(lifetime_secs: u64, margin_secs: u64) -> Self {
-        let redis = RedisServer::start();
-        let lifetime = Duration::from_secs(lifetime_secs);
-        let endpoint = PlainTokenEndpoint::start(lifetime, Some(redis.url()));
-        let proxy = AzureProxy::start(redis.port());
-        let policy = RefreshPolicy::default().with_margin(Duration::from_secs(margin_secs));
-        let provider = EntraIdProvider::<R>::builder(endpoint.credential())
-            .refresh_policy(policy)
-            .first_token_timeout(Duration::from_secs(10))
-            .start();
-        provider.get_credentials_async().await.expect("first token");
-        Azure {
-            provider,
-            proxy,
-            endpoint,
-            redis,
-        }
-    }
-
     async fn subscriber(&self, query: &str) -> EntraPubSub<R> {
         let url = format!("{}{query}", self.proxy.url());
         EntraPubSub::open(url.as_str(), &self.provider)
             .await
             .expect("open the subscriber through the proxy")
-    }
-
-    /// Waits until the provider has published `more` new tokens.
-    async fn wait_for_renewals(&self, more: u64) {
-        let target = self.provider.generation() + more;
-        let limit = Duration::from_secs(10 * more);
-        eventually::<R>(limit, "renewal", || self.provider.generation() >= target).await;
     }
 
     /// Publishes `payload` directly to redis-server and returns the number of receivers.
@@ -92,15 +54,6 @@ impl<R: TestRuntime> Azure<R> {
                 "token requests {gap:?} apart"
             );
         }
-    }
-}
-
-/// Checks `condition` every 20 ms until it holds, failing the test after `limit`.
-async fn eventually<R: Runtime>(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !condition() {
-        assert!(Instant::now() < deadline, "no {what} within {limit:?}");
-        R::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -292,7 +245,7 @@ async fn subscriber_replaces_closed_connection_and_resubscribes<R: TestRuntime>(
 
     azure.proxy.close_all();
     let limit = Duration::from_secs(5);
-    eventually::<R>(limit, "replacement", || pubsub.replacements() == 1).await;
+    wait_until::<R>(limit, "replacement", || pubsub.replacements() == 1).await;
     assert_eq!(azure.publish("a", "hello"), 1, "resubscribed to a");
     assert_eq!(azure.publish("b", "gone"), 0, "not resubscribed to b");
     assert_eq!(azure.publish("p.x", "matched"), 1, "resubscribed to p.*");
@@ -314,9 +267,9 @@ async fn auth_not_allowed_moves_without_refresh<R: TestRuntime>() {
     pubsub.subscribe("ch1").await.unwrap();
     azure.proxy.reject_next_auth(AUTH_NOT_ALLOWED);
 
-    azure.wait_for_renewals(1).await;
+    azure.wait_for_renewals(1, Duration::from_secs(10)).await;
     let limit = Duration::from_secs(2);
-    eventually::<R>(limit, "replacement", || pubsub.replacements() == 1).await;
+    wait_until::<R>(limit, "replacement", || pubsub.replacements() == 1).await;
     assert_eq!(
         azure.publish("ch1", "after"),
         1,
@@ -327,10 +280,10 @@ async fn auth_not_allowed_moves_without_refresh<R: TestRuntime>() {
     assert_eq!(message.get_payload::<String>().unwrap(), "after");
 
     // One more renewal, which the new connection accepts in band.
-    azure.wait_for_renewals(1).await;
+    azure.wait_for_renewals(1, Duration::from_secs(10)).await;
     let limit = Duration::from_secs(2);
     let proxy = &azure.proxy;
-    eventually::<R>(limit, "in-band AUTH", || proxy.authentications() == [2, 2]).await;
+    wait_until::<R>(limit, "in-band AUTH", || proxy.authentications() == [2, 2]).await;
     assert_eq!(pubsub.replacements(), 1);
     assert_eq!(azure.proxy.closed_at_expiry(), 0, "moved before expiry");
     azure.assert_no_forced_refresh();
@@ -344,9 +297,9 @@ async fn closed_during_auth_reconnects_with_new_token<R: TestRuntime>() {
     pubsub.subscribe("ch1").await.unwrap();
     azure.proxy.close_on_next_auth();
 
-    azure.wait_for_renewals(1).await;
+    azure.wait_for_renewals(1, Duration::from_secs(10)).await;
     let limit = Duration::from_secs(2);
-    eventually::<R>(limit, "replacement", || pubsub.replacements() == 1).await;
+    wait_until::<R>(limit, "replacement", || pubsub.replacements() == 1).await;
     assert_eq!(azure.publish("ch1", "again"), 1, "resubscribed");
     let message = pubsub.next_message_timeout(Duration::from_secs(2)).await;
     assert!(message.unwrap().is_some(), "no message after the reconnect");
@@ -376,7 +329,7 @@ async fn rejected_token_refreshes_and_stays_connected<R: TestRuntime>() {
     assert_eq!(error.code(), Some("WRONGPASS"), "{error}");
     let limit = Duration::from_secs(3);
     let proxy = &azure.proxy;
-    eventually::<R>(limit, "AUTH with the next token", || {
+    wait_until::<R>(limit, "AUTH with the next token", || {
         proxy.authentications() == [3]
     })
     .await;

@@ -4,6 +4,8 @@
 #![allow(dead_code)] // Each test binary uses a different part of the fixtures.
 
 #[cfg(any(feature = "smol", feature = "async-std"))]
+pub mod async_azure;
+#[cfg(any(feature = "smol", feature = "async-std"))]
 pub mod async_scenarios;
 pub mod azure_proxy;
 pub mod certs;
