@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::async_azure::{Azure, wait_until};
 use common::async_scenarios::TestRuntime;
-use common::azure_proxy::{AzureProxy, WRONGPASS};
+use common::azure_proxy::{AzureProxy, NOPERM, WRONGPASS, WRONGPASS_FORMS};
 use common::jwt::OID;
 use futures_util::future::join;
 use redis::aio::{
@@ -25,16 +25,6 @@ use redis::aio::{
 };
 use redis::{AsyncCommands, AsyncConnectionConfig, Client, RedisResult, Value};
 use redis_entraid::aio::{EntraConnection, EntraIdProvider};
-
-/// The forms in which servers reject credentials.
-const WRONGPASS_FORMS: [&str; 3] = [
-    WRONGPASS,
-    "ERR WRONGPASS invalid username-password pair",
-    "ERR invalid username-password pair",
-];
-
-const NOPERM: &str = "NOPERM User 11111111-2222-3333-4444-555555555555 has no permissions \
-                      to run the 'set' command";
 
 /// An inner connection type, opened through the proxy with settings that suit the tests.
 trait Inner: ConnectionLike + Clone + Send + Sync + Sized + 'static {

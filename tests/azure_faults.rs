@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::azure_proxy::{AzureProxy, WRONGPASS};
+use common::azure_proxy::{AzureProxy, NOPERM, WRONGPASS, WRONGPASS_FORMS};
 use common::jwt::OID;
 use common::redis_server::RedisServer;
 use common::token_endpoint::TokenEndpoint;
@@ -20,16 +20,6 @@ use redis_entraid::RefreshPolicy;
 use redis_entraid::blocking::{
     EntraConnection, EntraConnectionManager, EntraIdProvider, EntraPubSub,
 };
-
-/// The forms in which servers reject credentials.
-const WRONGPASS_FORMS: [&str; 3] = [
-    WRONGPASS,
-    "ERR WRONGPASS invalid username-password pair",
-    "ERR invalid username-password pair",
-];
-
-const NOPERM: &str = "NOPERM User 11111111-2222-3333-4444-555555555555 has no permissions \
-                      to run the 'set' command";
 
 /// A redis-server behind the proxy, a token endpoint and a provider, dropped in the order
 /// the fields are declared.

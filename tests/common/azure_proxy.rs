@@ -30,6 +30,17 @@ use redis_entraid::Claims;
 /// The reply of Azure and of Redis to an `AUTH` with a wrong or expired password.
 pub const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 
+/// The forms in which servers reject credentials.
+pub const WRONGPASS_FORMS: [&str; 3] = [
+    WRONGPASS,
+    "ERR WRONGPASS invalid username-password pair",
+    "ERR invalid username-password pair",
+];
+
+/// The reply to a command that the user's ACL does not allow.
+pub const NOPERM: &str = "NOPERM User 11111111-2222-3333-4444-555555555555 has no \
+                          permissions to run the 'set' command";
+
 /// The reply to a command on a connection that has not authenticated.
 const NOAUTH: &str = "NOAUTH Authentication required.";
 
