@@ -219,3 +219,48 @@ fn reply_timeout_replaces_connection() {
         "the connection was replaced"
     );
 }
+
+#[test]
+fn timeout_inside_multi_aborts_transaction() {
+    let (redis, _endpoint, provider) = start(60);
+    let mut connection = EntraConnection::open(redis.url(), &provider).unwrap();
+    connection
+        .set_response_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let _: () = redis::cmd("MULTI").query(&mut connection).unwrap();
+    let mut admin = redis.admin().unwrap();
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1000)
+        .arg("WRITE")
+        .query::<()>(&mut admin)
+        .unwrap();
+    let error = redis::cmd("INCR")
+        .arg("counter")
+        .query::<redis::Value>(&mut connection)
+        .unwrap_err();
+    assert!(error.is_timeout(), "{error}");
+    assert!(
+        error.to_string().contains("no reply from Redis within"),
+        "{error}"
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+
+    // The connection closed inside MULTI, so the rest of the transaction must not run
+    // on its own on a new connection.
+    let error = redis::cmd("INCR")
+        .arg("counter")
+        .query::<redis::Value>(&mut connection)
+        .unwrap_err();
+    assert!(error.to_string().contains("transaction lost"), "{error}");
+    let error = redis::cmd("EXEC")
+        .query::<redis::Value>(&mut connection)
+        .unwrap_err();
+    assert!(error.to_string().contains("transaction aborted"), "{error}");
+    let counter: Option<i64> = admin.get("counter").unwrap();
+    assert_eq!(counter, None);
+
+    // After EXEC the connection is replaced and works again.
+    let _: () = connection.set("after", 1).unwrap();
+    assert_eq!(connection.authentications(), 2);
+}

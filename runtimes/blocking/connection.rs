@@ -1,5 +1,6 @@
 //! A synchronous Redis connection that authenticates with the provider's credentials.
 
+use std::io;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -44,7 +45,11 @@ use crate::{Credentials, Error};
 /// `WRONGPASS`, and a failed pipeline write is returned, because its first commands may
 /// have reached the server complete.
 ///
-/// Nothing is sent again between `MULTI` and `EXEC`. A connection whose token has expired
+/// Nothing is sent again between `MULTI` and `EXEC`. When the connection closes or a
+/// reply times out inside a transaction, Redis has discarded the queued commands, so the
+/// transaction's later commands fail with `transaction lost` instead of running on their
+/// own on a new connection, and `EXEC` or `DISCARD` ends it with `transaction aborted`.
+/// A connection whose token has expired
 /// is known to be closed (Azure closes it at the token's expiry), so it is replaced before
 /// the next command is written, which needs no retry at all.
 pub struct EntraConnection {
@@ -377,16 +382,50 @@ impl EntraConnection {
     }
 
     fn after_command<T>(&mut self, result: RedisResult<T>) -> RedisResult<T> {
-        if let Err(error) = &result
-            && (error.is_unrecoverable_error()
-                || error.is_connection_dropped()
-                || error.is_timeout())
+        let Err(error) = result else {
+            return result;
+        };
+        if !(error.is_unrecoverable_error() || error.is_connection_dropped() || error.is_timeout())
         {
-            // Replaced, with the current credentials, before the next command.
-            self.connection = None;
-            self.in_transaction = false;
+            return Err(error);
         }
-        result
+        // Replaced, with the current credentials, before the next command. Inside a
+        // transaction `in_transaction` stays set, so the transaction's remaining commands
+        // fail instead of running on their own on the new connection.
+        self.connection = None;
+        if error.is_timeout() {
+            let waited = self.response_timeout.unwrap_or_default();
+            let message =
+                format!("no reply from Redis within {waited:?}; the connection was closed");
+            return Err(RedisError::from(io::Error::new(
+                io::ErrorKind::TimedOut,
+                message,
+            )));
+        }
+        Err(error)
+    }
+
+    /// Answers a command sent after the connection closed inside `MULTI`: Redis discarded
+    /// the queued commands, so `EXEC` and `DISCARD` end the lost transaction with an error
+    /// and any other command fails until then.
+    fn lost_transaction(&mut self, packed: &[u8]) -> RedisError {
+        let ends_transaction = command_name(packed).is_some_and(|name| {
+            name.eq_ignore_ascii_case(b"EXEC") || name.eq_ignore_ascii_case(b"DISCARD")
+        });
+        if ends_transaction {
+            self.in_transaction = false;
+            return RedisError::from((
+                ErrorKind::Io,
+                "transaction aborted",
+                "the connection closed after MULTI, so none of the queued commands ran".to_owned(),
+            ));
+        }
+        RedisError::from((
+            ErrorKind::Io,
+            "transaction lost",
+            "the connection closed after MULTI; send EXEC or DISCARD to end the transaction"
+                .to_owned(),
+        ))
     }
 }
 
@@ -470,6 +509,9 @@ pub(crate) fn to_redis_error(error: Error) -> RedisError {
 
 impl ConnectionLike for EntraConnection {
     fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
+        if self.in_transaction && self.connection.is_none() {
+            return Err(self.lost_transaction(cmd));
+        }
         let result = self.send_command(cmd);
         if result.is_ok() {
             self.track_transaction(cmd);
