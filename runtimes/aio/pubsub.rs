@@ -39,6 +39,11 @@ const RETIRE_TIMEOUT: Duration = Duration::from_secs(2);
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(200);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
 
+/// How many messages the task forwards before it lets the executor run its other ready
+/// tasks, such as the provider's renewal. A larger batch costs fewer wake-ups under a
+/// flood, and a smaller one keeps the other tasks' wait shorter.
+const MESSAGES_PER_TURN: usize = 64;
+
 /// A pub/sub subscriber that authenticates with Entra ID credentials and keeps its
 /// channels and patterns through token renewals, for smol and async-std.
 ///
@@ -46,7 +51,14 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
 /// connection. The task forwards messages to [`next_message`](Self::next_message) and
 /// [`on_message`](Self::on_message), and it follows the provider's renewals whether or
 /// not the caller is reading, so a caller that reads slowly delays neither the move to a
-/// new token nor the provider's renewal task. Messages wait in memory until read.
+/// new token nor the provider's renewal task. Messages wait in memory until read, with no
+/// limit. The task checks for newer credentials before each batch of 64 messages and
+/// yields to the executor after each batch.
+///
+/// NOTE: in redis 1.8.2 the RESP2 pub/sub driver task (`PubSubSink::poll_read`) reads
+/// until its socket has no more data, and a RESP3 connection's driver stalled smol's
+/// executor the same way in a test. When messages arrive faster than the subscriber
+/// parses them, that task keeps the executor thread and delays the renewal task.
 ///
 /// What happens after a renewal depends on the protocol that the connection info
 /// chooses:
@@ -243,10 +255,9 @@ fn disconnected() -> RedisError {
     RedisError::from((ErrorKind::Io, "not connected to Redis; reconnecting"))
 }
 
-/// An event that wakes the task.
+/// An event that needs the task's attention beyond forwarding messages.
 enum Wake {
     Request(Request),
-    Message(Msg),
     Closed,
     Renewed,
     Stop,
@@ -295,9 +306,6 @@ impl<R: Runtime> Task<R> {
                     let outcome = self.change(request.change, request.names).await;
                     request.outcome.push(outcome);
                 }
-                Wake::Message(message) => {
-                    self.messages.push(Ok(message));
-                }
                 Wake::Closed => {
                     debug!("subscriber connection closed; reconnecting");
                     self.link = None;
@@ -308,12 +316,18 @@ impl<R: Runtime> Task<R> {
         }
     }
 
-    /// Waits for a request, a message, a closed connection or newer credentials, in that
-    /// order of priority.
+    /// Forwards messages to the caller until a request, newer credentials or a closed
+    /// connection needs the task.
+    ///
+    /// Requests and renewals are checked before each batch of messages, so a steady flood
+    /// delays neither. After each batch of [`MESSAGES_PER_TURN`] messages the task yields
+    /// to the executor, which otherwise would run nothing else while messages keep
+    /// arriving, the provider's renewal task included.
     async fn next_wake(&mut self, requests: &Queue<Request>) -> Wake {
         let Task {
             provider,
             link,
+            messages,
             watcher,
             retry_at,
             ..
@@ -344,12 +358,22 @@ impl<R: Runtime> Task<R> {
                 Poll::Ready(None) => return Poll::Ready(Wake::Stop),
                 Poll::Pending => {}
             }
-            match link.poll_message(cx) {
-                Poll::Ready(Some(message)) => return Poll::Ready(Wake::Message(message)),
-                Poll::Ready(None) => return Poll::Ready(Wake::Closed),
-                Poll::Pending => {}
+            if renewed.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Renewed);
             }
-            renewed.as_mut().poll(cx).map(|()| Wake::Renewed)
+            for _ in 0..MESSAGES_PER_TURN {
+                match link.poll_message(cx) {
+                    Poll::Ready(Some(message)) => {
+                        messages.push(Ok(message));
+                    }
+                    Poll::Ready(None) => return Poll::Ready(Wake::Closed),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            // More messages may be waiting, so ask to be polled again after the tasks that
+            // are already ready.
+            cx.waker().wake_by_ref();
+            Poll::Pending
         })
         .await
     }
@@ -531,8 +555,13 @@ impl<R: Runtime> Task<R> {
                 break;
             }
         }
+        let mut forwarded = 0;
         while let Some(message) = old.try_message() {
             self.messages.push(Ok(message));
+            forwarded += 1;
+            if forwarded % MESSAGES_PER_TURN == 0 {
+                yield_now().await;
+            }
         }
     }
 
@@ -581,6 +610,20 @@ impl<R: Runtime> Task<R> {
         }
         opened
     }
+}
+
+/// Lets the executor run its other ready tasks before this one goes on.
+async fn yield_now() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
 }
 
 /// Classifies a failed `AUTH` or handshake by what it means for the credentials.
