@@ -873,6 +873,43 @@ async fn open_transaction_gets_auth_before_expiry<R: TestRuntime>() {
     assert_eq!(azure.proxy.closed_at_expiry(), 0);
 }
 
+/// Commands rejected together while the token endpoint is down wait for a newer token
+/// together, and each fails after about one first-token timeout.
+async fn concurrent_wrongpass_during_outage_waits_once<R: TestRuntime>() {
+    const TASKS: usize = 4;
+    const FIRST_TOKEN_TIMEOUT: Duration = Duration::from_secs(2);
+    let azure = Azure::<R>::start(30, 3).await;
+    let provider = EntraIdProvider::<R>::builder(azure.endpoint.credential())
+        .first_token_timeout(FIRST_TOKEN_TIMEOUT)
+        .start();
+    provider.get_credentials_async().await.expect("first token");
+    let connection = connect::<R, MultiplexedConnection>(&azure.proxy, &provider).await;
+
+    azure.endpoint.set_down(true);
+    for _ in 0..TASKS {
+        azure.proxy.reject_next_command(WRONGPASS);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let mut connection = connection.clone();
+        tasks.push(R::spawn_task(async move {
+            let set = connection.set::<_, _, ()>(format!("k{task}"), task).await;
+            (set, started.elapsed())
+        }));
+    }
+
+    for (task, outcome) in tasks.into_iter().enumerate() {
+        let (set, took) = outcome.await;
+        let error = set.expect_err("no token to authenticate with");
+        assert_eq!(error.code(), Some("WRONGPASS"), "task {task}: {error}");
+        assert!(
+            took < FIRST_TOKEN_TIMEOUT + Duration::from_secs(1),
+            "task {task} failed after {took:?}"
+        );
+    }
+}
+
 /// Scenarios with the inner connection types fixed, for the per-runtime test modules.
 async fn wrongpass_both<R: TestRuntime>() {
     for_both(
@@ -1006,6 +1043,11 @@ mod smol_runtime {
     #[test]
     fn open_transaction_gets_auth_before_expiry() {
         Smol::block_on(super::open_transaction_gets_auth_before_expiry::<Smol>());
+    }
+
+    #[test]
+    fn concurrent_wrongpass_during_outage_waits_once() {
+        Smol::block_on(super::concurrent_wrongpass_during_outage_waits_once::<Smol>());
     }
 
     #[test]

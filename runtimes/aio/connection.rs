@@ -84,7 +84,9 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// authenticates with a newer token and sends the command once more. It forces a
 /// refresh only when no token newer than the connection's has arrived, and concurrent
 /// failures cause one token request and one `AUTH`. It waits for the newer token up to
-/// the provider's first-token timeout. A second `WRONGPASS` is returned to the caller.
+/// the provider's first-token timeout, and concurrent failures wait together, so each
+/// gives up after about one timeout. A second `WRONGPASS` is returned to the caller, and
+/// so is the first when a clone has sent `MULTI` while the newer token was on its way.
 ///
 /// A pipeline is sent again only when every reply in it was a `WRONGPASS`. Nothing is
 /// sent again inside an atomic pipeline or between `MULTI` and `EXEC`. A command that
@@ -488,13 +490,21 @@ where
 {
     /// Authenticates with credentials newer than generation `rejected`, and returns
     /// whether the connection now uses them.
+    ///
+    /// It waits for the credentials without the authentication lock, so concurrent
+    /// rejections wait once, together, and takes the lock only to send `AUTH`.
     async fn authenticate_after_rejection(&self, rejected: u64) -> bool {
-        let _auth = self.state.auth_lock.lock().await;
         let newer = self.provider.credentials_after_rejection(rejected).await;
         let Some((generation, credentials)) = newer else {
             debug!("no token newer than the rejected one arrived");
             return false;
         };
+        let _auth = self.state.auth_lock.lock().await;
+        if self.state.in_transaction() {
+            // A clone sent `MULTI` meanwhile, and an `AUTH` now would join its transaction.
+            debug!("a transaction started before the newer token arrived; not sending AUTH");
+            return false;
+        }
         if generation <= self.state.authenticated() {
             // Another command or the re-authentication task has sent them already.
             return true;
@@ -544,16 +554,16 @@ where
         }
     }
 
-    /// Waits for credentials newer than generation `rejected`, then sends them unless
-    /// the connection uses them already.
+    /// Waits for credentials newer than generation `rejected` without the authentication
+    /// lock, then sends them unless the connection uses them already.
     async fn renew_after_rejection(&self, rejected: u64) -> Renewal {
-        let _auth = self.state.auth_lock.lock().await;
         let Some((generation, credentials)) =
             self.provider.credentials_after_rejection(rejected).await
         else {
             warn!("Redis rejected the renewed token and no newer token arrived");
             return Renewal::WaitForNewer(rejected);
         };
+        let _auth = self.state.auth_lock.lock().await;
         if self.state.in_transaction() {
             return Renewal::Deferred;
         }
