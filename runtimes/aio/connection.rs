@@ -748,6 +748,13 @@ impl<R: Runtime> StreamingCredentialsProvider for HandshakeCredentials<R> {
             // Recorded before the handshake ends. A handshake that fails leaves no
             // connection behind, so the record can only be early, never wrong for a
             // connection that exists.
+            // NOTE: for a `ConnectionManager`, this item may instead feed the `redis`
+            // crate's re-authentication task right after a handshake. When a renewal
+            // lands between that handshake and the crate's `AUTH`, and that `AUTH` fails,
+            // the newer generation stays recorded although the connection uses the
+            // handshake's token. No `AUTH` follows until the next renewal, and a
+            // `WRONGPASS` meanwhile forces a refresh and an `AUTH`. The two
+            // subscriptions cannot be told apart here (see the type's comment).
             state.record(generation, credentials.expires_on());
             Ok(to_basic_auth(&credentials))
         };
