@@ -139,6 +139,9 @@ struct AuthState {
     /// `AUTH` is queued inside a transaction.
     auth_lock: AsyncMutex<()>,
     in_transaction: AtomicBool,
+    /// Counts the commands that handle a `WRONGPASS`. The task sends no `AUTH` meanwhile,
+    /// so the newer token goes out once, from the command that waited for it.
+    rejections_handled: AtomicU64,
     reauthentications: AtomicU64,
     /// Set when the last clone is dropped.
     closed: AtomicBool,
@@ -154,6 +157,7 @@ impl AuthState {
             expires_on_millis: AtomicU64::new(0),
             auth_lock: AsyncMutex::new(()),
             in_transaction: AtomicBool::new(false),
+            rejections_handled: AtomicU64::new(0),
             reauthentications: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             task: AtomicWaker::new(),
@@ -233,6 +237,25 @@ impl Drop for TransactionEnd<'_> {
     }
 }
 
+/// Marks a command that handles a `WRONGPASS` until dropped, and then wakes the
+/// re-authentication task.
+struct RejectionHandled<'a>(&'a AuthState);
+
+impl<'a> RejectionHandled<'a> {
+    fn new(state: &'a AuthState) -> Self {
+        state.rejections_handled.fetch_add(1, Ordering::AcqRel);
+        RejectionHandled(state)
+    }
+}
+
+impl Drop for RejectionHandled<'_> {
+    fn drop(&mut self) {
+        if self.0.rejections_handled.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.wake_task();
+        }
+    }
+}
+
 /// The outcome of one `AUTH`.
 enum AuthOutcome {
     Accepted,
@@ -252,6 +275,8 @@ enum Renewal {
     Deferred,
     /// The server queued the `AUTH` in an open transaction, so try again when it ends.
     Queued,
+    /// A command handles a `WRONGPASS`, so look again when it is done.
+    Yielded,
     /// The `AUTH` for this generation failed, so try again after a delay.
     Failed(u64),
     /// This generation was rejected or has expired, so wait for a newer one.
@@ -494,6 +519,7 @@ where
     /// It waits for the credentials without the authentication lock, so concurrent
     /// rejections wait once, together, and takes the lock only to send `AUTH`.
     async fn authenticate_after_rejection(&self, rejected: u64) -> bool {
+        let _handled = RejectionHandled::new(&self.state);
         let newer = self.provider.credentials_after_rejection(rejected).await;
         let Some((generation, credentials)) = newer else {
             debug!("no token newer than the rejected one arrived");
@@ -521,6 +547,9 @@ where
     async fn renew(&self, past_deadline: bool) -> Renewal {
         let (generation, outcome) = {
             let _auth = self.state.auth_lock.lock().await;
+            if self.state.rejections_handled.load(Ordering::Acquire) > 0 {
+                return Renewal::Yielded;
+            }
             if self.state.in_transaction() {
                 if !past_deadline {
                     return Renewal::Deferred;
@@ -647,6 +676,7 @@ async fn reauthenticate_on_renewal<R, C>(
                     // later ones change nothing until the transaction ends.
                     let needed = generation > state.authenticated()
                         && Some(generation) != failed
+                        && state.rejections_handled.load(Ordering::Acquire) == 0
                         && (!state.in_transaction() || deferral == Deferral::None);
                     needed.then_some(false)
                 });
@@ -685,11 +715,12 @@ async fn reauthenticate_on_renewal<R, C>(
                 Deferral::Until(_) | Deferral::AuthQueued => deferral,
             },
             Renewal::Queued => Deferral::AuthQueued,
+            Renewal::Yielded => deferral,
             _ => Deferral::None,
         };
         match renewal {
             Renewal::Done => (failed, retry_delay) = (None, None),
-            Renewal::Deferred | Renewal::Queued => retry_delay = None,
+            Renewal::Deferred | Renewal::Queued | Renewal::Yielded => retry_delay = None,
             Renewal::Failed(generation) => {
                 failed = Some(generation);
                 let delay = retry_delay.map_or(FIRST_RETRY_DELAY, |delay| delay * 2);
