@@ -11,6 +11,7 @@
 mod common;
 
 use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,7 +20,7 @@ use common::async_azure::{Azure, wait_until};
 use common::async_scenarios::TestRuntime;
 use common::azure_proxy::{AzureProxy, NOPERM, WRONGPASS, WRONGPASS_FORMS};
 use common::jwt::OID;
-use futures_util::future::join;
+use futures_util::future::{Either, join, select};
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
 };
@@ -748,6 +749,167 @@ async fn auth_count_equals_distinct_tokens<R: TestRuntime, C: Inner>() {
     assert_eq!(azure.proxy.connections(), 1, "{}", C::NAME);
 }
 
+/// Sends `EXEC` while the server delays every reply, and drops the future after 100 ms,
+/// as a caller-side timeout does. The transaction still runs.
+async fn send_exec_and_drop_future<R: TestRuntime>(
+    azure: &Azure<R>,
+    connection: &mut EntraConnection<R, MultiplexedConnection>,
+) {
+    let mut admin = azure.redis.admin().unwrap();
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(500)
+        .arg("ALL")
+        .query::<()>(&mut admin)
+        .unwrap();
+    let exec = redis::cmd("EXEC");
+    let timed_out = {
+        let sent = pin!(connection.req_packed_command(&exec));
+        let timer = pin!(R::sleep(Duration::from_millis(100)));
+        matches!(select(sent, timer).await, Either::Right(_))
+    };
+    assert!(timed_out, "EXEC returned while the server was paused");
+    R::sleep(Duration::from_millis(600)).await;
+}
+
+/// Checks that a transaction ended by an `EXEC` whose future was dropped, or by an `EXEC`
+/// inside a pipeline that is not atomic, defers no later `AUTH`.
+async fn ended_transactions_defer_no_auth<R: TestRuntime>() {
+    // The renewal comes 4 s before expiry, so a transaction would defer the AUTH by 2 s.
+    let azure = Azure::<R>::start(8, 4).await;
+    let mut dropped_exec = connect::<R, MultiplexedConnection>(&azure.proxy, &azure.provider).await;
+    let mut piped_exec = connect::<R, MultiplexedConnection>(&azure.proxy, &azure.provider).await;
+
+    redis::cmd("MULTI")
+        .query_async::<()>(&mut dropped_exec)
+        .await
+        .unwrap();
+    redis::cmd("SET")
+        .arg("k")
+        .arg(1)
+        .query_async::<()>(&mut dropped_exec)
+        .await
+        .unwrap();
+    send_exec_and_drop_future(&azure, &mut dropped_exec).await;
+    let value: Option<u64> = dropped_exec.get("k").await.unwrap();
+    assert_eq!(value, Some(1), "the transaction ran");
+
+    redis::cmd("MULTI")
+        .query_async::<()>(&mut piped_exec)
+        .await
+        .unwrap();
+    let (queued, executed): (String, (u64,)) = redis::pipe()
+        .cmd("INCR")
+        .arg("counter")
+        .cmd("EXEC")
+        .query_async(&mut piped_exec)
+        .await
+        .unwrap();
+    assert_eq!(queued, "QUEUED");
+    assert_eq!(executed, (1,));
+
+    azure.wait_for_renewals(1, Duration::from_secs(8)).await;
+    let renewed = Instant::now();
+    wait_until::<R>(Duration::from_secs(1), "AUTH after a dropped EXEC", || {
+        dropped_exec.reauthentications() == 1
+    })
+    .await;
+    let limit = Duration::from_secs(1).saturating_sub(renewed.elapsed());
+    wait_until::<R>(limit, "AUTH after EXEC in a pipeline", || {
+        piped_exec.reauthentications() == 1
+    })
+    .await;
+    let _: () = dropped_exec.set("k", 2).await.unwrap();
+    let _: () = piped_exec.set("k", 3).await.unwrap();
+    assert_eq!(azure.proxy.closed_at_expiry(), 0);
+}
+
+/// Checks that the task sends `AUTH` inside a transaction still open halfway from the
+/// renewal to the token's expiry. Redis queues it and runs it at `EXEC`.
+async fn open_transaction_gets_auth_before_expiry<R: TestRuntime>() {
+    // The renewal comes 4 s before expiry, so the AUTH waits 2 s for the transaction.
+    let azure = Azure::<R>::start(8, 4).await;
+    let mut connection = connect::<R, MultiplexedConnection>(&azure.proxy, &azure.provider).await;
+    let authentications = azure.proxy.authentications()[0];
+    redis::cmd("MULTI")
+        .query_async::<()>(&mut connection)
+        .await
+        .unwrap();
+    redis::cmd("INCR")
+        .arg("counter")
+        .query_async::<()>(&mut connection)
+        .await
+        .unwrap();
+
+    azure.wait_for_renewals(1, Duration::from_secs(8)).await;
+    R::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        azure.proxy.authentications()[0],
+        authentications,
+        "no AUTH in the first half of the deferral"
+    );
+    wait_until::<R>(
+        Duration::from_secs(2),
+        "AUTH inside the transaction",
+        || azure.proxy.authentications()[0] == authentications + 1,
+    )
+    .await;
+    assert_eq!(connection.reauthentications(), 0, "the AUTH was queued");
+
+    let executed: Vec<Value> = redis::cmd("EXEC")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(
+        executed,
+        vec![Value::Int(1), Value::Okay],
+        "INCR, then AUTH"
+    );
+    wait_until::<R>(Duration::from_secs(1), "AUTH after EXEC", || {
+        connection.reauthentications() == 1
+    })
+    .await;
+    let _: () = connection.set("k", 1).await.unwrap();
+    assert_eq!(azure.proxy.closed_at_expiry(), 0);
+}
+
+/// Commands rejected together while the token endpoint is down wait for a newer token
+/// together, and each fails after about one first-token timeout.
+async fn concurrent_wrongpass_during_outage_waits_once<R: TestRuntime>() {
+    const TASKS: usize = 4;
+    const FIRST_TOKEN_TIMEOUT: Duration = Duration::from_secs(2);
+    let azure = Azure::<R>::start(30, 3).await;
+    let provider = EntraIdProvider::<R>::builder(azure.endpoint.credential())
+        .first_token_timeout(FIRST_TOKEN_TIMEOUT)
+        .start();
+    provider.get_credentials_async().await.expect("first token");
+    let connection = connect::<R, MultiplexedConnection>(&azure.proxy, &provider).await;
+
+    azure.endpoint.set_down(true);
+    for _ in 0..TASKS {
+        azure.proxy.reject_next_command(WRONGPASS);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let mut connection = connection.clone();
+        tasks.push(R::spawn_task(async move {
+            let set = connection.set::<_, _, ()>(format!("k{task}"), task).await;
+            (set, started.elapsed())
+        }));
+    }
+
+    for (task, outcome) in tasks.into_iter().enumerate() {
+        let (set, took) = outcome.await;
+        let error = set.expect_err("no token to authenticate with");
+        assert_eq!(error.code(), Some("WRONGPASS"), "task {task}: {error}");
+        assert!(
+            took < FIRST_TOKEN_TIMEOUT + Duration::from_secs(1),
+            "task {task} failed after {took:?}"
+        );
+    }
+}
+
 /// Scenarios with the inner connection types fixed, for the per-runtime test modules.
 async fn wrongpass_both<R: TestRuntime>() {
     for_both(
@@ -871,6 +1033,21 @@ mod smol_runtime {
     #[test]
     fn transaction_defers_reauthentication() {
         Smol::block_on(super::transaction_defers_reauthentication::<Smol>());
+    }
+
+    #[test]
+    fn ended_transactions_defer_no_auth() {
+        Smol::block_on(super::ended_transactions_defer_no_auth::<Smol>());
+    }
+
+    #[test]
+    fn open_transaction_gets_auth_before_expiry() {
+        Smol::block_on(super::open_transaction_gets_auth_before_expiry::<Smol>());
+    }
+
+    #[test]
+    fn concurrent_wrongpass_during_outage_waits_once() {
+        Smol::block_on(super::concurrent_wrongpass_during_outage_waits_once::<Smol>());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::{Either, select};
 use futures_util::lock::Mutex as AsyncMutex;
@@ -58,8 +58,18 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 ///   error, and its new connection authenticates in the handshake.
 /// - When the server rejects the token, the task forces one refresh and sends the newer
 ///   token. If that one is rejected too, the task waits for the next renewal.
-/// - The task sends no `AUTH` between a `MULTI` sent through this type and its `EXEC` or
-///   `DISCARD`; it sends it when the transaction ends.
+/// - The task sends no `AUTH` between a `MULTI` sent through this type (as a command or
+///   in a pipeline that is not atomic) and its `EXEC` or `DISCARD`. It sends it when the
+///   transaction ends. An `EXEC` or `DISCARD` ends the transaction once it was passed to
+///   this type, even when the caller drops its future, as a timeout does. A `MULTI`
+///   whose future is dropped before its reply counts as open, because the server may
+///   have run it.
+/// - The task defers an `AUTH` for a transaction only until half the time left before
+///   the connection's token expires, measured when the deferral starts. Then it sends
+///   the `AUTH` anyway, because Azure closes the connection at expiry. A server that is
+///   in a transaction replies `QUEUED` (Redis 7.0) and runs the `AUTH` at `EXEC`, so the
+///   `EXEC` reply has one more element, the `AUTH`'s `OK`. A server that is not in a
+///   transaction runs it at once, and the connection counts the transaction as ended.
 ///
 /// The task stops when the last clone is dropped or the provider shuts down. Over a
 /// `MultiplexedConnection`, the connection sends one `AUTH` (or handshake) per token.
@@ -74,7 +84,9 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// authenticates with a newer token and sends the command once more. It forces a
 /// refresh only when no token newer than the connection's has arrived, and concurrent
 /// failures cause one token request and one `AUTH`. It waits for the newer token up to
-/// the provider's first-token timeout. A second `WRONGPASS` is returned to the caller.
+/// the provider's first-token timeout, and concurrent failures wait together, so each
+/// gives up after about one timeout. A second `WRONGPASS` is returned to the caller, and
+/// so is the first when a clone has sent `MULTI` while the newer token was on its way.
 ///
 /// A pipeline is sent again only when every reply in it was a `WRONGPASS`. Nothing is
 /// sent again inside an atomic pipeline or between `MULTI` and `EXEC`. A command that
@@ -121,10 +133,15 @@ struct AuthState {
     /// The provider generation of the newest credentials the connection authenticated
     /// with, in a handshake or an `AUTH`.
     authenticated: AtomicU64,
+    /// The expiry of those credentials, in milliseconds since the Unix epoch.
+    expires_on_millis: AtomicU64,
     /// Serialises `AUTH` and `MULTI`, so that concurrent failures send one `AUTH` and no
     /// `AUTH` is queued inside a transaction.
     auth_lock: AsyncMutex<()>,
     in_transaction: AtomicBool,
+    /// Counts the commands that handle a `WRONGPASS`. The task sends no `AUTH` meanwhile,
+    /// so the newer token goes out once, from the command that waited for it.
+    rejections_handled: AtomicU64,
     reauthentications: AtomicU64,
     /// Set when the last clone is dropped.
     closed: AtomicBool,
@@ -137,8 +154,10 @@ impl AuthState {
     fn new() -> Self {
         AuthState {
             authenticated: AtomicU64::new(0),
+            expires_on_millis: AtomicU64::new(0),
             auth_lock: AsyncMutex::new(()),
             in_transaction: AtomicBool::new(false),
+            rejections_handled: AtomicU64::new(0),
             reauthentications: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             task: AtomicWaker::new(),
@@ -150,14 +169,35 @@ impl AuthState {
         self.authenticated.load(Ordering::Acquire)
     }
 
-    /// Records an authentication with generation `generation`. An older generation than
-    /// the recorded one changes nothing.
-    fn record(&self, generation: u64) {
-        self.authenticated.fetch_max(generation, Ordering::AcqRel);
+    /// Records an authentication with generation `generation`, whose token expires at
+    /// `expires_on`. An older generation than the recorded one changes nothing.
+    fn record(&self, generation: u64, expires_on: SystemTime) {
+        let previous = self.authenticated.fetch_max(generation, Ordering::AcqRel);
+        if generation > previous {
+            let millis = expires_on
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis() as u64);
+            self.expires_on_millis.fetch_max(millis, Ordering::AcqRel);
+        }
+    }
+
+    /// Returns the moment halfway between now and the expiry of the connection's token,
+    /// after which the re-authentication task sends `AUTH` even inside a transaction.
+    fn transaction_deadline(&self) -> Instant {
+        let millis = self.expires_on_millis.load(Ordering::Acquire);
+        let expires_on = UNIX_EPOCH + Duration::from_millis(millis);
+        let left = expires_on
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        Instant::now() + left / 2
     }
 
     fn in_transaction(&self) -> bool {
         self.in_transaction.load(Ordering::Acquire)
+    }
+
+    fn begin_transaction(&self) {
+        self.in_transaction.store(true, Ordering::Release);
     }
 
     fn end_transaction(&self) {
@@ -187,9 +227,41 @@ impl AuthState {
     }
 }
 
+/// Ends the connection's transaction state when dropped, so that an `EXEC` or `DISCARD`
+/// whose future the caller drops after it was written still ends it.
+struct TransactionEnd<'a>(&'a AuthState);
+
+impl Drop for TransactionEnd<'_> {
+    fn drop(&mut self) {
+        self.0.end_transaction();
+    }
+}
+
+/// Marks a command that handles a `WRONGPASS` until dropped, and then wakes the
+/// re-authentication task.
+struct RejectionHandled<'a>(&'a AuthState);
+
+impl<'a> RejectionHandled<'a> {
+    fn new(state: &'a AuthState) -> Self {
+        state.rejections_handled.fetch_add(1, Ordering::AcqRel);
+        RejectionHandled(state)
+    }
+}
+
+impl Drop for RejectionHandled<'_> {
+    fn drop(&mut self) {
+        if self.0.rejections_handled.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.wake_task();
+        }
+    }
+}
+
 /// The outcome of one `AUTH`.
 enum AuthOutcome {
     Accepted,
+    /// The server replied `QUEUED`, because it is inside a transaction. It runs the
+    /// `AUTH` at `EXEC`.
+    Queued,
     /// The server rejected the credentials (`WRONGPASS`).
     Rejected(RedisError),
     Failed(RedisError),
@@ -199,8 +271,12 @@ enum AuthOutcome {
 enum Renewal {
     /// The connection uses the current credentials.
     Done,
-    /// A transaction is open, so try again when it ends.
+    /// A transaction is open, so try again when it ends or at the transaction deadline.
     Deferred,
+    /// The server queued the `AUTH` in an open transaction, so try again when it ends.
+    Queued,
+    /// A command handles a `WRONGPASS`, so look again when it is done.
+    Yielded,
     /// The `AUTH` for this generation failed, so try again after a delay.
     Failed(u64),
     /// This generation was rejected or has expired, so wait for a newer one.
@@ -316,10 +392,10 @@ where
         let state = &self.shared.state;
         let in_transaction = state.in_transaction();
         let rejected = state.authenticated();
+        let transaction_end =
+            (kind == Some(TransactionCommand::End)).then(|| TransactionEnd(state));
         let result = self.inner.req_packed_command(cmd).await;
-        if kind == Some(TransactionCommand::End) {
-            state.end_transaction();
-        }
+        drop(transaction_end);
         match result {
             Ok(reply) if !in_transaction && is_rejection_reply(&reply) => {
                 debug!("Redis rejected the connection's token; sending the command again");
@@ -352,10 +428,14 @@ where
 
     /// Sends `MULTI` while holding the authentication lock, so no `AUTH` is written
     /// between the transaction's commands.
+    ///
+    /// The transaction state is set before `MULTI` is written. When the caller drops the
+    /// future before the reply, it stays set, because the server may have started the
+    /// transaction. The transaction deadline bounds how long it defers `AUTH`.
     async fn send_multi_once(&mut self, cmd: &Cmd) -> RedisResult<Value> {
         let state = &self.shared.state;
         let _auth = state.auth_lock.lock().await;
-        state.in_transaction.store(true, Ordering::Release);
+        state.begin_transaction();
         let result = self.inner.req_packed_command(cmd).await;
         if !matches!(result, Ok(Value::Okay)) {
             state.end_transaction();
@@ -370,13 +450,37 @@ where
         count: usize,
     ) -> RedisResult<Vec<Value>> {
         let state = &self.shared.state;
-        let no_resend = state.in_transaction() || pipeline.is_transaction();
+        // An atomic pipeline opens and ends its own transaction. In another pipeline, the
+        // last `MULTI`, `EXEC` or `DISCARD` decides whether a transaction stays open.
+        let last_transaction_command = if pipeline.is_transaction() {
+            None
+        } else {
+            pipeline.cmd_iter().filter_map(transaction_command).last()
+        };
+
+        let no_resend = state.in_transaction()
+            || pipeline.is_transaction()
+            || last_transaction_command.is_some();
         let rejected = state.authenticated();
-        let replies = match self
+        let mut auth_lock = None;
+        let mut transaction_end = None;
+        match last_transaction_command {
+            Some(TransactionCommand::Multi) => {
+                // As in `send_multi_once`: no `AUTH` may follow the pipeline's `MULTI`.
+                auth_lock = Some(state.auth_lock.lock().await);
+                state.begin_transaction();
+            }
+            Some(TransactionCommand::End) => transaction_end = Some(TransactionEnd(state)),
+            None => {}
+        }
+        let result = self
             .inner
             .req_packed_commands(pipeline, offset, count)
-            .await
-        {
+            .await;
+        drop(transaction_end);
+        drop(auth_lock);
+
+        let replies = match result {
             Ok(replies) => replies,
             Err(error) => {
                 self.after_error(&error);
@@ -411,13 +515,22 @@ where
 {
     /// Authenticates with credentials newer than generation `rejected`, and returns
     /// whether the connection now uses them.
+    ///
+    /// It waits for the credentials without the authentication lock, so concurrent
+    /// rejections wait once, together, and takes the lock only to send `AUTH`.
     async fn authenticate_after_rejection(&self, rejected: u64) -> bool {
-        let _auth = self.state.auth_lock.lock().await;
+        let _handled = RejectionHandled::new(&self.state);
         let newer = self.provider.credentials_after_rejection(rejected).await;
         let Some((generation, credentials)) = newer else {
             debug!("no token newer than the rejected one arrived");
             return false;
         };
+        let _auth = self.state.auth_lock.lock().await;
+        if self.state.in_transaction() {
+            // A clone sent `MULTI` meanwhile, and an `AUTH` now would join its transaction.
+            debug!("a transaction started before the newer token arrived; not sending AUTH");
+            return false;
+        }
         if generation <= self.state.authenticated() {
             // Another command or the re-authentication task has sent them already.
             return true;
@@ -429,24 +542,36 @@ where
     }
 
     /// Sends the current credentials unless the connection already uses them.
-    async fn renew(&self) -> Renewal {
-        let _auth = self.state.auth_lock.lock().await;
-        if self.state.in_transaction() {
-            return Renewal::Deferred;
-        }
-        let (generation, credentials) = self.provider.snapshot();
-        if generation <= self.state.authenticated() {
-            return Renewal::Done;
-        }
-        let credentials = match credentials {
-            Ok(credentials) => credentials,
-            Err(error) => {
-                debug!("no credentials to re-authenticate with: {error}");
-                return Renewal::WaitForNewer(generation);
+    ///
+    /// Inside a transaction it sends nothing, unless `past_deadline` is set.
+    async fn renew(&self, past_deadline: bool) -> Renewal {
+        let (generation, outcome) = {
+            let _auth = self.state.auth_lock.lock().await;
+            if self.state.rejections_handled.load(Ordering::Acquire) > 0 {
+                return Renewal::Yielded;
             }
+            if self.state.in_transaction() {
+                if !past_deadline {
+                    return Renewal::Deferred;
+                }
+                warn!("a transaction is still open close to the token's expiry; sending AUTH");
+            }
+            let (generation, credentials) = self.provider.snapshot();
+            if generation <= self.state.authenticated() {
+                return Renewal::Done;
+            }
+            let credentials = match credentials {
+                Ok(credentials) => credentials,
+                Err(error) => {
+                    debug!("no credentials to re-authenticate with: {error}");
+                    return Renewal::WaitForNewer(generation);
+                }
+            };
+            (generation, self.send_auth(generation, &credentials).await)
         };
-        match self.send_auth(generation, &credentials).await {
+        match outcome {
             AuthOutcome::Accepted => Renewal::Done,
+            AuthOutcome::Queued => Renewal::Queued,
             AuthOutcome::Failed(error) => {
                 debug!("re-authentication failed ({error}); trying again");
                 Renewal::Failed(generation)
@@ -458,6 +583,8 @@ where
         }
     }
 
+    /// Waits for credentials newer than generation `rejected` without the authentication
+    /// lock, then sends them unless the connection uses them already.
     async fn renew_after_rejection(&self, rejected: u64) -> Renewal {
         let Some((generation, credentials)) =
             self.provider.credentials_after_rejection(rejected).await
@@ -465,8 +592,16 @@ where
             warn!("Redis rejected the renewed token and no newer token arrived");
             return Renewal::WaitForNewer(rejected);
         };
+        let _auth = self.state.auth_lock.lock().await;
+        if self.state.in_transaction() {
+            return Renewal::Deferred;
+        }
+        if generation <= self.state.authenticated() {
+            return Renewal::Done;
+        }
         match self.send_auth(generation, &credentials).await {
             AuthOutcome::Accepted => Renewal::Done,
+            AuthOutcome::Queued => Renewal::Queued,
             AuthOutcome::Failed(_) => Renewal::Failed(generation),
             AuthOutcome::Rejected(error) => {
                 warn!("Redis rejected a freshly refreshed token too ({error})");
@@ -475,6 +610,7 @@ where
         }
     }
 
+    /// Sends `AUTH` with `credentials`. The caller holds the authentication lock.
     async fn send_auth(&self, generation: u64, credentials: &Credentials) -> AuthOutcome {
         let mut auth = redis::cmd("AUTH");
         auth.arg(credentials.username()).arg(credentials.password());
@@ -482,15 +618,33 @@ where
         match connection.req_packed_command(&auth).await {
             Ok(Value::Okay) => {
                 debug!("re-authenticated as {}", credentials.username());
-                self.state.record(generation);
+                self.state.record(generation, credentials.expires_on());
                 self.state.reauthentications.fetch_add(1, Ordering::Relaxed);
+                // The server ran the `AUTH` at once, so no transaction is open there.
+                self.state.end_transaction();
                 AuthOutcome::Accepted
+            }
+            Ok(Value::SimpleString(status)) if status == "QUEUED" => {
+                warn!("Redis queued AUTH in an open transaction; it runs at EXEC");
+                self.state.begin_transaction();
+                AuthOutcome::Queued
             }
             Ok(reply) if is_rejection_reply(&reply) => AuthOutcome::Rejected(into_error(reply)),
             Ok(reply) => AuthOutcome::Failed(into_error(reply)),
             Err(error) => AuthOutcome::Failed(error),
         }
     }
+}
+
+/// How the re-authentication task waits for an open transaction to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deferral {
+    /// No `AUTH` is waiting for a transaction.
+    None,
+    /// An `AUTH` waits for the transaction to end, or until this deadline passes.
+    Until(Instant),
+    /// The server queued an `AUTH` in the transaction, so the next one waits for its end.
+    AuthQueued,
 }
 
 /// Sends `AUTH` after each renewal until the last clone of the connection is dropped or
@@ -509,6 +663,7 @@ async fn reauthenticate_on_renewal<R, C>(
     // The generation whose last attempt failed: a change alone does not retry it.
     let mut failed: Option<u64> = None;
     let mut retry_delay: Option<Duration> = None;
+    let mut deferral = Deferral::None;
     loop {
         let changed =
             provider
@@ -517,13 +672,23 @@ async fn reauthenticate_on_renewal<R, C>(
                     if inner.shutdown {
                         return Some(true);
                     }
+                    // Inside a transaction, the first renewal starts the deferral, and
+                    // later ones change nothing until the transaction ends.
                     let needed = generation > state.authenticated()
                         && Some(generation) != failed
-                        && !state.in_transaction();
+                        && state.rejections_handled.load(Ordering::Acquire) == 0
+                        && (!state.in_transaction() || deferral == Deferral::None);
                     needed.then_some(false)
                 });
+        let delay = match deferral {
+            Deferral::Until(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                Some(retry_delay.map_or(left, |delay| delay.min(left)))
+            }
+            _ => retry_delay,
+        };
         let retry = async {
-            match retry_delay {
+            match delay {
                 Some(delay) => R::sleep(delay).await,
                 None => pending().await,
             }
@@ -541,9 +706,21 @@ async fn reauthenticate_on_renewal<R, C>(
         let Some(shared) = shared.upgrade() else {
             break;
         };
-        match shared.renew().await {
+        let past_deadline =
+            matches!(deferral, Deferral::Until(deadline) if Instant::now() >= deadline);
+        let renewal = shared.renew(past_deadline).await;
+        deferral = match renewal {
+            Renewal::Deferred => match deferral {
+                Deferral::None => Deferral::Until(state.transaction_deadline()),
+                Deferral::Until(_) | Deferral::AuthQueued => deferral,
+            },
+            Renewal::Queued => Deferral::AuthQueued,
+            Renewal::Yielded => deferral,
+            _ => Deferral::None,
+        };
+        match renewal {
             Renewal::Done => (failed, retry_delay) = (None, None),
-            Renewal::Deferred => retry_delay = None,
+            Renewal::Deferred | Renewal::Queued | Renewal::Yielded => retry_delay = None,
             Renewal::Failed(generation) => {
                 failed = Some(generation);
                 let delay = retry_delay.map_or(FIRST_RETRY_DELAY, |delay| delay * 2);
@@ -602,7 +779,14 @@ impl<R: Runtime> StreamingCredentialsProvider for HandshakeCredentials<R> {
             // Recorded before the handshake ends. A handshake that fails leaves no
             // connection behind, so the record can only be early, never wrong for a
             // connection that exists.
-            state.record(generation);
+            // NOTE: for a `ConnectionManager`, this item may instead feed the `redis`
+            // crate's re-authentication task right after a handshake. When a renewal
+            // lands between that handshake and the crate's `AUTH`, and that `AUTH` fails,
+            // the newer generation stays recorded although the connection uses the
+            // handshake's token. No `AUTH` follows until the next renewal, and a
+            // `WRONGPASS` meanwhile forces a refresh and an `AUTH`. The two
+            // subscriptions cannot be told apart here (see the type's comment).
+            state.record(generation, credentials.expires_on());
             Ok(to_basic_auth(&credentials))
         };
         Box::pin(stream::once(first).chain(stream::pending()))
