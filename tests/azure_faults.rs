@@ -727,3 +727,75 @@ fn resp3_push_before_auth_reply_is_kept() {
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0].get_payload::<String>().unwrap(), "first");
 }
+
+#[test]
+fn pool_drops_connection_returned_inside_multi() {
+    let azure = Azure::start(30, 3);
+    let manager = EntraConnectionManager::new(azure.proxy.url(), &azure.provider)
+        .unwrap()
+        .with_response_timeout(Duration::from_secs(5));
+    let pool = r2d2::Pool::builder().max_size(1).build(manager).unwrap();
+    {
+        let mut connection = pool.get().unwrap();
+        let _: () = redis::cmd("MULTI").query(&mut *connection).unwrap();
+        let queued: String = redis::cmd("SET")
+            .arg("k")
+            .arg(1)
+            .query(&mut *connection)
+            .unwrap();
+        assert_eq!(queued, "QUEUED");
+    }
+    let mut connection = pool.get().unwrap();
+    assert!(!connection.in_transaction());
+    let value: Option<u64> = connection.get("k").unwrap();
+    assert_eq!(value, None, "the abandoned transaction never ran");
+}
+
+#[test]
+fn exec_in_pipeline_ends_transaction() {
+    let azure = Azure::start(30, 3);
+    let mut connection = EntraConnection::open(azure.proxy.url(), &azure.provider).unwrap();
+    let _: () = redis::cmd("MULTI").query(&mut connection).unwrap();
+    let (_, (count,)): (String, (u64,)) = redis::pipe()
+        .cmd("INCR")
+        .arg("counter")
+        .cmd("EXEC")
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(count, 1);
+    assert!(!connection.in_transaction());
+
+    // With the transaction over, a closed connection is replaced as usual.
+    azure.proxy.close_all();
+    let _ = connection.set::<_, _, ()>("k", 1);
+    let _: () = connection.set("k", 2).expect("replaced after the close");
+}
+
+#[test]
+fn pipeline_after_lost_transaction_fails() {
+    let azure = Azure::start(30, 3);
+    let mut connection = EntraConnection::open(azure.proxy.url(), &azure.provider).unwrap();
+    let _: () = redis::cmd("MULTI").query(&mut connection).unwrap();
+    azure.proxy.close_all();
+    let _ = redis::cmd("SET")
+        .arg("a")
+        .arg(1)
+        .query::<Value>(&mut connection);
+
+    let error = redis::pipe()
+        .set("b", 2)
+        .query::<Value>(&mut connection)
+        .unwrap_err();
+    assert!(error.to_string().contains("transaction lost"), "{error}");
+    let error = redis::pipe()
+        .cmd("EXEC")
+        .query::<Value>(&mut connection)
+        .unwrap_err();
+    assert!(error.to_string().contains("transaction aborted"), "{error}");
+    assert!(!connection.in_transaction());
+    let _: () = connection
+        .set("c", 3)
+        .expect("works after the aborted transaction");
+    let b: Option<u64> = connection.get("b").unwrap();
+    assert_eq!(b, None);
+}

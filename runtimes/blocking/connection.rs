@@ -45,13 +45,14 @@ use crate::{Credentials, Error};
 /// `WRONGPASS`, and a failed pipeline write is returned, because its first commands may
 /// have reached the server complete.
 ///
-/// Nothing is sent again between `MULTI` and `EXEC`. When the connection closes or a
-/// reply times out inside a transaction, Redis has discarded the queued commands, so the
-/// transaction's later commands fail with `transaction lost` instead of running on their
-/// own on a new connection, and `EXEC` or `DISCARD` ends it with `transaction aborted`.
-/// A connection whose token has expired
-/// is known to be closed (Azure closes it at the token's expiry), so it is replaced before
-/// the next command is written, which needs no retry at all.
+/// `MULTI`, `EXEC` and `DISCARD` are tracked whether they are sent alone or in a
+/// pipeline. Nothing is sent again between `MULTI` and `EXEC`. When the connection
+/// closes or a reply times out inside a transaction, Redis has discarded the queued
+/// commands. The transaction's later commands then fail with `transaction lost` instead
+/// of running on their own on a new connection, and `EXEC` or `DISCARD` ends it with
+/// `transaction aborted`. A connection whose token has expired is known to be closed
+/// (Azure closes it at the token's expiry), so it is replaced before the next command is
+/// written, which needs no retry at all.
 pub struct EntraConnection {
     info: ConnectionInfo,
     provider: EntraIdProvider,
@@ -122,6 +123,12 @@ impl EntraConnection {
     /// The provider this connection takes credentials from.
     pub fn provider(&self) -> &EntraIdProvider {
         &self.provider
+    }
+
+    /// Returns true between a `MULTI` and its `EXEC` or `DISCARD`, including a transaction
+    /// lost with its connection.
+    pub fn in_transaction(&self) -> bool {
+        self.in_transaction
     }
 
     /// Returns true when the token this connection authenticated with has expired, so the
@@ -310,7 +317,10 @@ impl EntraConnection {
         loop {
             match connection.recv_response() {
                 Ok(Value::Push { .. }) => continue,
-                other => return Attempt::Sent(other),
+                Err(error) => {
+                    return Attempt::Sent(Err(reply_timeout(error, self.response_timeout)));
+                }
+                reply => return Attempt::Sent(reply),
             }
         }
     }
@@ -352,8 +362,11 @@ impl EntraConnection {
         count: usize,
     ) -> RedisResult<Vec<Value>> {
         self.prepare()?;
+        let timeout = self.response_timeout;
         let connection = self.connection.as_mut().ok_or_else(closed_error)?;
-        let replies = connection.req_packed_commands(packed, offset, count)?;
+        let replies = connection
+            .req_packed_commands(packed, offset, count)
+            .map_err(|error| reply_timeout(error, timeout))?;
         let all_rejected = !replies.is_empty() && replies.iter().all(is_rejection_reply);
         if !all_rejected || self.in_transaction {
             return Ok(replies);
@@ -366,18 +379,16 @@ impl EntraConnection {
             return Ok(replies);
         }
         let connection = self.connection.as_mut().ok_or_else(closed_error)?;
-        connection.req_packed_commands(packed, offset, count)
+        connection
+            .req_packed_commands(packed, offset, count)
+            .map_err(|error| reply_timeout(error, timeout))
     }
 
-    fn track_transaction(&mut self, packed: &[u8]) {
-        match command_name(packed) {
-            Some(name) if name.eq_ignore_ascii_case(b"MULTI") => self.in_transaction = true,
-            Some(name)
-                if name.eq_ignore_ascii_case(b"EXEC") || name.eq_ignore_ascii_case(b"DISCARD") =>
-            {
-                self.in_transaction = false
-            }
-            _ => {}
+    fn track_transaction(&mut self, name: &[u8]) {
+        if name.eq_ignore_ascii_case(b"MULTI") {
+            self.in_transaction = true;
+        } else if ends_transaction(name) {
+            self.in_transaction = false;
         }
     }
 
@@ -393,26 +404,14 @@ impl EntraConnection {
         // transaction `in_transaction` stays set, so the transaction's remaining commands
         // fail instead of running on their own on the new connection.
         self.connection = None;
-        if error.is_timeout() {
-            let waited = self.response_timeout.unwrap_or_default();
-            let message =
-                format!("no reply from Redis within {waited:?}; the connection was closed");
-            return Err(RedisError::from(io::Error::new(
-                io::ErrorKind::TimedOut,
-                message,
-            )));
-        }
         Err(error)
     }
 
-    /// Answers a command sent after the connection closed inside `MULTI`: Redis discarded
-    /// the queued commands, so `EXEC` and `DISCARD` end the lost transaction with an error
-    /// and any other command fails until then.
-    fn lost_transaction(&mut self, packed: &[u8]) -> RedisError {
-        let ends_transaction = command_name(packed).is_some_and(|name| {
-            name.eq_ignore_ascii_case(b"EXEC") || name.eq_ignore_ascii_case(b"DISCARD")
-        });
-        if ends_transaction {
+    /// Answers commands sent after the connection closed inside `MULTI`: Redis discarded
+    /// the queued commands, so `EXEC` and `DISCARD` (alone or in a pipeline) end the lost
+    /// transaction with an error, and anything else fails until then.
+    fn lost_transaction<'a>(&mut self, mut names: impl Iterator<Item = &'a [u8]>) -> RedisError {
+        if names.any(ends_transaction) {
             self.in_transaction = false;
             return RedisError::from((
                 ErrorKind::Io,
@@ -488,15 +487,68 @@ pub(crate) fn closed_error() -> RedisError {
 }
 
 /// Reads the command name from a RESP-encoded command (`*N\r\n$len\r\nNAME\r\n…`), or
-/// returns `None` when `packed` does not start with one.
+/// returns `None` when `packed` does not start with a whole command.
 pub(crate) fn command_name(packed: &[u8]) -> Option<&[u8]> {
+    split_command(packed).map(|(name, _)| name)
+}
+
+/// Reads the names of the RESP-encoded commands in `packed`, a pipeline, up to the first
+/// bytes that are not a whole command.
+fn command_names(packed: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = packed;
+    std::iter::from_fn(move || {
+        let (name, after) = split_command(rest)?;
+        rest = after;
+        Some(name)
+    })
+}
+
+/// Splits the first RESP-encoded command off `packed` into its name and the bytes after
+/// it.
+fn split_command(packed: &[u8]) -> Option<(&[u8], &[u8])> {
     let rest = packed.strip_prefix(b"*")?;
-    let rest = &rest[rest.iter().position(|&b| b == b'\n')? + 1..];
-    let rest = rest.strip_prefix(b"$")?;
-    let line_end = rest.iter().position(|&b| b == b'\r')?;
-    let len: usize = std::str::from_utf8(&rest[..line_end]).ok()?.parse().ok()?;
-    let start = line_end.checked_add(2)?;
-    rest.get(start..start.checked_add(len)?)
+    let (count, mut rest) = split_length(rest)?;
+    let mut name = None;
+    for _ in 0..count {
+        let (bulk, after) = split_bulk(rest)?;
+        name.get_or_insert(bulk);
+        rest = after;
+    }
+    Some((name?, rest))
+}
+
+/// Splits a RESP bulk string (`$len\r\nbytes\r\n`) off `packed`.
+fn split_bulk(packed: &[u8]) -> Option<(&[u8], &[u8])> {
+    let rest = packed.strip_prefix(b"$")?;
+    let (len, rest) = split_length(rest)?;
+    let bulk = rest.get(..len)?;
+    let after = rest.get(len..)?.strip_prefix(b"\r\n")?;
+    Some((bulk, after))
+}
+
+/// Splits a decimal length and its `\r\n` off `packed`.
+fn split_length(packed: &[u8]) -> Option<(usize, &[u8])> {
+    let line_end = packed.iter().position(|&b| b == b'\r')?;
+    let len = std::str::from_utf8(&packed[..line_end])
+        .ok()?
+        .parse()
+        .ok()?;
+    let rest = packed[line_end..].strip_prefix(b"\r\n")?;
+    Some((len, rest))
+}
+
+/// Returns true for `EXEC` and `DISCARD`, which end a transaction.
+fn ends_transaction(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"EXEC") || name.eq_ignore_ascii_case(b"DISCARD")
+}
+
+/// Rewrites a timed-out wait for a reply as an error that names the configured wait.
+fn reply_timeout(error: RedisError, timeout: Option<Duration>) -> RedisError {
+    let Some(waited) = timeout.filter(|_| error.is_timeout()) else {
+        return error;
+    };
+    let message = format!("no reply from Redis within {waited:?}; the connection was closed");
+    RedisError::from(io::Error::new(io::ErrorKind::TimedOut, message))
 }
 
 pub(crate) fn to_redis_error(error: Error) -> RedisError {
@@ -510,11 +562,13 @@ pub(crate) fn to_redis_error(error: Error) -> RedisError {
 impl ConnectionLike for EntraConnection {
     fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
         if self.in_transaction && self.connection.is_none() {
-            return Err(self.lost_transaction(cmd));
+            return Err(self.lost_transaction(command_name(cmd).into_iter()));
         }
         let result = self.send_command(cmd);
-        if result.is_ok() {
-            self.track_transaction(cmd);
+        if result.is_ok()
+            && let Some(name) = command_name(cmd)
+        {
+            self.track_transaction(name);
         }
         self.after_command(result)
     }
@@ -525,7 +579,16 @@ impl ConnectionLike for EntraConnection {
         offset: usize,
         count: usize,
     ) -> RedisResult<Vec<Value>> {
+        if self.in_transaction && self.connection.is_none() {
+            return Err(self.lost_transaction(command_names(cmd)));
+        }
         let result = self.send_pipeline(cmd, offset, count);
+        if result.is_ok() {
+            // The last MULTI, EXEC or DISCARD in the pipeline decides the state.
+            for name in command_names(cmd) {
+                self.track_transaction(name);
+            }
+        }
         self.after_command(result)
     }
 
@@ -557,7 +620,12 @@ impl ConnectionLike for EntraConnection {
 
 #[cfg(test)]
 mod tests {
-    use super::command_name;
+    use std::io;
+    use std::time::Duration;
+
+    use redis::RedisError;
+
+    use super::{command_name, command_names, reply_timeout};
 
     #[test]
     fn command_name_reads_first_bulk_string() {
@@ -568,6 +636,33 @@ mod tests {
         );
         assert_eq!(command_name(b"PING\r\n"), None);
         assert_eq!(command_name(b"*1\r\n$9\r\nEX"), None);
+    }
+
+    #[test]
+    fn command_names_read_each_command_of_pipeline() {
+        let mut pipeline = redis::pipe();
+        pipeline
+            .cmd("MULTI")
+            .cmd("SET")
+            .arg("k")
+            .arg("v\r\n$4")
+            .cmd("EXEC");
+        let packed = pipeline.get_packed_pipeline();
+        let names: Vec<&[u8]> = command_names(&packed).collect();
+        assert_eq!(names, [&b"MULTI"[..], b"SET", b"EXEC"]);
+        let cut = &packed[..packed.len() - 3];
+        assert_eq!(command_names(cut).count(), 2);
+    }
+
+    #[test]
+    fn reply_timeout_names_configured_wait() {
+        let timed_out = || RedisError::from(io::Error::from(io::ErrorKind::WouldBlock));
+        let error = reply_timeout(timed_out(), Some(Duration::from_millis(300)));
+        assert!(error.is_timeout(), "{error}");
+        assert!(error.to_string().contains("within 300ms"), "{error}");
+        // A connect or handshake timeout is left as it is.
+        let error = reply_timeout(timed_out(), None);
+        assert!(!error.to_string().contains("no reply"), "{error}");
     }
 
     #[test]

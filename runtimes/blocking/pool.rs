@@ -38,6 +38,7 @@ pub struct EntraConnectionManager {
     info: ConnectionInfo,
     provider: EntraIdProvider,
     connect_timeout: Option<Duration>,
+    response_timeout: Option<Duration>,
 }
 
 impl EntraConnectionManager {
@@ -47,12 +48,20 @@ impl EntraConnectionManager {
             info: info.into_connection_info()?,
             provider: provider.clone(),
             connect_timeout: None,
+            response_timeout: None,
         })
     }
 
     /// Limits each TCP connect and handshake to `timeout`.
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// Limits each wait for a reply to `timeout`; see
+    /// [`EntraConnection::set_response_timeout`]. A zero `timeout` fails every connect.
+    pub fn with_response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = Some(timeout);
         self
     }
 }
@@ -62,14 +71,24 @@ impl r2d2::ManageConnection for EntraConnectionManager {
     type Error = RedisError;
 
     fn connect(&self) -> Result<EntraConnection, RedisError> {
-        EntraConnection::open_with_timeout(self.info.clone(), &self.provider, self.connect_timeout)
+        let mut connection = EntraConnection::open_with_timeout(
+            self.info.clone(),
+            &self.provider,
+            self.connect_timeout,
+        )?;
+        if self.response_timeout.is_some() {
+            connection.set_response_timeout(self.response_timeout)?;
+        }
+        Ok(connection)
     }
 
     fn is_valid(&self, connection: &mut EntraConnection) -> Result<(), RedisError> {
         redis::cmd("PING").query::<()>(connection)
     }
 
+    /// A connection returned inside a transaction counts as broken: the next user would
+    /// otherwise get `QUEUED` replies. Dropping it makes Redis discard the transaction.
     fn has_broken(&self, connection: &mut EntraConnection) -> bool {
-        !connection.is_open() || connection.token_expired()
+        !connection.is_open() || connection.token_expired() || connection.in_transaction()
     }
 }
