@@ -137,7 +137,7 @@ impl EntraConnection {
         SystemTime::now() >= self.expires_on
     }
 
-    /// Sets how long a command waits for its reply; `None` (the default) waits as long as
+    /// Sets how long a command waits for its reply. `None` (the default) waits as long as
     /// the operating system keeps the socket open.
     ///
     /// It applies to this connection and to every connection that replaces it. When a
@@ -407,9 +407,10 @@ impl EntraConnection {
         Err(error)
     }
 
-    /// Answers commands sent after the connection closed inside `MULTI`: Redis discarded
-    /// the queued commands, so `EXEC` and `DISCARD` (alone or in a pipeline) end the lost
-    /// transaction with an error, and anything else fails until then.
+    /// Returns the error for commands sent after the connection closed inside `MULTI`.
+    /// Redis discarded the queued commands, so `EXEC` or `DISCARD` (alone or in a
+    /// pipeline) ends the lost transaction with an error, and anything else fails until
+    /// then.
     fn lost_transaction<'a>(&mut self, mut names: impl Iterator<Item = &'a [u8]>) -> RedisError {
         if names.any(ends_transaction) {
             self.in_transaction = false;
