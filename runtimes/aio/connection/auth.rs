@@ -344,6 +344,9 @@ pub(super) async fn reauthenticate_on_renewal<R, C>(
     let mut failed: Option<u64> = None;
     let mut retry_delay: Option<Duration> = None;
     let mut deferral = Deferral::None;
+    // Set while a command handles a `WRONGPASS`. Its end wakes the task, so no timer runs
+    // meanwhile, even past a transaction deadline.
+    let mut yielded = false;
     loop {
         let changed =
             provider
@@ -361,6 +364,7 @@ pub(super) async fn reauthenticate_on_renewal<R, C>(
                     needed.then_some(false)
                 });
         let delay = match deferral {
+            _ if yielded => None,
             Deferral::Until(deadline) => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 Some(retry_delay.map_or(left, |delay| delay.min(left)))
@@ -389,6 +393,7 @@ pub(super) async fn reauthenticate_on_renewal<R, C>(
         let past_deadline =
             matches!(deferral, Deferral::Until(deadline) if Instant::now() >= deadline);
         let renewal = shared.renew(past_deadline).await;
+        yielded = matches!(renewal, Renewal::Yielded);
         deferral = match renewal {
             Renewal::Deferred => match deferral {
                 Deferral::None => Deferral::Until(state.transaction_deadline()),
