@@ -65,3 +65,7 @@ pub mod async_std;
 #[cfg(any(feature = "blocking", feature = "smol", feature = "async-std"))]
 #[path = "../runtimes/io/mod.rs"]
 mod io;
+
+#[cfg(any(feature = "blocking", feature = "smol", feature = "async-std"))]
+#[path = "../runtimes/transaction.rs"]
+mod transaction;

@@ -687,6 +687,122 @@ async fn manager_blocked_command_fails_when_server_closes<R: TestRuntime>() {
     assert_eq!(azure.proxy.expired_tokens(), 0);
 }
 
+async fn manager_transaction_lost_on_reconnect<R: TestRuntime>() {
+    let azure = Azure::<R>::start(30, 3).await;
+    let mut connection = connect::<R, ConnectionManager>(&azure.proxy, &azure.provider).await;
+    redis::cmd("MULTI")
+        .query_async::<()>(&mut connection)
+        .await
+        .expect("MULTI");
+    let queued: Value = redis::cmd("SET")
+        .arg("a")
+        .arg(1)
+        .query_async(&mut connection)
+        .await
+        .expect("SET a");
+    assert_eq!(queued, Value::SimpleString("QUEUED".into()));
+
+    azure.proxy.close_all();
+    R::sleep(Duration::from_millis(100)).await;
+    let dropped = redis::cmd("SET")
+        .arg("b")
+        .arg(2)
+        .query_async::<Value>(&mut connection)
+        .await
+        .expect_err("SET b on the closed connection");
+    assert!(dropped.is_connection_dropped(), "{dropped}");
+
+    // The manager has reconnected by now, but the new connection is not in the
+    // transaction, so the transaction's later commands are not sent.
+    R::sleep(Duration::from_millis(300)).await;
+    let lost = redis::cmd("SET")
+        .arg("c")
+        .arg(3)
+        .query_async::<Value>(&mut connection)
+        .await
+        .expect_err("SET c after the transaction was lost");
+    assert_eq!(lost.code(), None, "{lost}");
+    assert!(lost.to_string().contains("transaction lost"), "{lost}");
+    let clone_lost = connection
+        .clone()
+        .get::<_, Option<i64>>("c")
+        .await
+        .expect_err("a clone's command while the transaction is lost");
+    assert!(
+        clone_lost.to_string().contains("transaction lost"),
+        "{clone_lost}"
+    );
+
+    let aborted = redis::cmd("EXEC")
+        .query_async::<Value>(&mut connection)
+        .await
+        .expect_err("EXEC of the lost transaction");
+    assert!(
+        aborted.to_string().contains("transaction aborted"),
+        "{aborted}"
+    );
+
+    let stored: (Option<i64>, Option<i64>, Option<i64>) = redis::pipe()
+        .get("a")
+        .get("b")
+        .get("c")
+        .query_async(&mut connection)
+        .await
+        .expect("the first pipeline after EXEC");
+    assert_eq!(stored, (None, None, None));
+    let _: () = connection.set("d", 4).await.expect("SET after EXEC");
+    assert_eq!(
+        connection.get::<_, Option<i64>>("d").await.unwrap(),
+        Some(4)
+    );
+    assert_eq!(azure.proxy.connections(), 2);
+}
+
+/// A pipeline inside a lost transaction fails without being sent, and one that contains
+/// `DISCARD` ends the transaction.
+async fn manager_pipeline_in_lost_transaction<R: TestRuntime>() {
+    let azure = Azure::<R>::start(30, 3).await;
+    let mut connection = connect::<R, ConnectionManager>(&azure.proxy, &azure.provider).await;
+    redis::cmd("MULTI")
+        .query_async::<()>(&mut connection)
+        .await
+        .expect("MULTI");
+    azure.proxy.close_all();
+    R::sleep(Duration::from_millis(100)).await;
+    let dropped = connection
+        .set::<_, _, Value>("a", 1)
+        .await
+        .expect_err("SET a on the closed connection");
+    assert!(dropped.is_connection_dropped(), "{dropped}");
+    R::sleep(Duration::from_millis(300)).await;
+
+    let lost = redis::pipe()
+        .set("b", 2)
+        .get("b")
+        .query_async::<Value>(&mut connection)
+        .await
+        .expect_err("a pipeline in the lost transaction");
+    assert!(lost.to_string().contains("transaction lost"), "{lost}");
+    let aborted = redis::pipe()
+        .set("c", 3)
+        .cmd("DISCARD")
+        .query_async::<Value>(&mut connection)
+        .await
+        .expect_err("a pipeline with DISCARD");
+    assert!(
+        aborted.to_string().contains("transaction aborted"),
+        "{aborted}"
+    );
+
+    let stored: (Option<i64>, Option<i64>) = redis::pipe()
+        .get("b")
+        .get("c")
+        .query_async(&mut connection)
+        .await
+        .expect("the first pipeline after DISCARD");
+    assert_eq!(stored, (None, None));
+}
+
 async fn connection_idle_through_many_renewals<R: TestRuntime, C: Inner>() {
     let azure = Azure::<R>::start(3, 2).await;
     let mut c = connect::<R, C>(&azure.proxy, &azure.provider).await;
@@ -1098,6 +1214,16 @@ mod smol_runtime {
     }
 
     #[test]
+    fn manager_transaction_lost_on_reconnect() {
+        Smol::block_on(super::manager_transaction_lost_on_reconnect::<Smol>());
+    }
+
+    #[test]
+    fn manager_pipeline_in_lost_transaction() {
+        Smol::block_on(super::manager_pipeline_in_lost_transaction::<Smol>());
+    }
+
+    #[test]
     fn connection_idle_through_many_renewals() {
         Smol::block_on(idle_through_renewals_both::<Smol>());
     }
@@ -1128,5 +1254,10 @@ mod async_std_runtime {
     #[test]
     fn command_blocked_past_expiry_then_next_works() {
         AsyncStd::block_on(blocked_past_expiry_both::<AsyncStd>());
+    }
+
+    #[test]
+    fn manager_transaction_lost_on_reconnect() {
+        AsyncStd::block_on(super::manager_transaction_lost_on_reconnect::<AsyncStd>());
     }
 }

@@ -51,8 +51,9 @@ use self::auth::{AuthState, HandshakeCredentials, TransactionEnd, reauthenticate
 ///   in a pipeline that is not atomic) and its `EXEC` or `DISCARD`. It sends it when the
 ///   transaction ends. An `EXEC` or `DISCARD` ends the transaction once it was passed to
 ///   this type, even when the caller drops its future, as a timeout does. A `MULTI`
-///   whose future is dropped before its reply counts as open, because the server may
-///   have run it.
+///   whose future is dropped before its reply, or whose reply times out on an open
+///   connection, counts as open, because the server may have run it. A `MULTI` whose
+///   connection closes does not.
 /// - The task defers an `AUTH` for a transaction only until half the time left before
 ///   the connection's token expires, measured when the deferral starts. Then it sends
 ///   the `AUTH` anyway, because Azure closes the connection at expiry. A server that is
@@ -83,10 +84,21 @@ use self::auth::{AuthState, HandshakeCredentials, TransactionEnd, reauthenticate
 /// because it may have run. `NOPERM` and other error replies are returned as they are,
 /// with no refresh and no reconnect.
 ///
+/// When a command or pipeline sent after `MULTI` fails because the connection closed,
+/// Redis has discarded the queued commands, and the transaction is lost. Until an
+/// `EXEC` or `DISCARD` (alone or in a pipeline) fails with `transaction aborted`, every
+/// command and pipeline through this connection and its clones fails with
+/// `transaction lost` and is not sent, so none of them runs on its own on a new
+/// connection.
+///
 /// # Closed connections and blocking commands
 ///
 /// A `ConnectionManager` replaces a connection the server closed when the next command
-/// fails on it; that command returns the I/O error. A `MultiplexedConnection` is never
+/// fails on it; that command returns the I/O error.
+///
+/// NOTE: over RESP3, a `ConnectionManager` (redis 1.8.2) also reconnects on its own when
+/// the connection reports a disconnect, and then no command fails. A transaction open at
+/// that moment is not marked lost, so its later commands run on their own. A `MultiplexedConnection` is never
 /// replaced: use a `ConnectionManager` where the server may close connections.
 ///
 /// On a multiplexed connection, an `AUTH` sent while a command blocks (such as
@@ -194,6 +206,7 @@ impl<R, C> fmt::Debug for EntraConnection<R, C> {
             .field("provider", &self.shared.provider)
             .field("authenticated_generation", &state.authenticated())
             .field("in_transaction", &state.in_transaction())
+            .field("transaction_lost", &state.transaction_lost())
             .finish_non_exhaustive()
     }
 }
@@ -219,14 +232,17 @@ where
 
     async fn send_command(&mut self, cmd: &Cmd) -> RedisResult<Value> {
         let kind = transaction_command(cmd);
+        let ends_transaction = kind == Some(TransactionCommand::End);
+        if let Some(error) = self.shared.state.lost_transaction_error(ends_transaction) {
+            return Err(error);
+        }
         if kind == Some(TransactionCommand::Multi) {
             return self.send_multi(cmd).await;
         }
         let state = &self.shared.state;
         let in_transaction = state.in_transaction();
         let rejected = state.authenticated();
-        let transaction_end =
-            (kind == Some(TransactionCommand::End)).then(|| TransactionEnd(state));
+        let transaction_end = ends_transaction.then(|| TransactionEnd(state));
         let result = self.inner.req_packed_command(cmd).await;
         drop(transaction_end);
         match result {
@@ -238,7 +254,7 @@ where
                 self.inner.req_packed_command(cmd).await
             }
             Err(error) => {
-                self.after_error(&error);
+                self.after_error(&error, in_transaction && kind.is_none());
                 Err(error)
             }
             other => other,
@@ -262,16 +278,27 @@ where
     /// Sends `MULTI` while holding the authentication lock, so no `AUTH` is written
     /// between the transaction's commands.
     ///
-    /// The transaction state is set before `MULTI` is written. When the caller drops the
-    /// future before the reply, it stays set, because the server may have started the
-    /// transaction. The transaction deadline bounds how long it defers `AUTH`.
+    /// The transaction state is set before `MULTI` is written. It stays set when the
+    /// caller drops the future before the reply, or when the reply fails on a connection
+    /// that is still open (a response timeout), because the server may have started the
+    /// transaction. The transaction deadline bounds how long it defers `AUTH`. When the
+    /// connection closes, the server has discarded the transaction, so it ends.
     async fn send_multi_once(&mut self, cmd: &Cmd) -> RedisResult<Value> {
         let state = &self.shared.state;
         let _auth = state.auth_lock.lock().await;
+        let was_open = state.in_transaction();
         state.begin_transaction();
         let result = self.inner.req_packed_command(cmd).await;
-        if !matches!(result, Ok(Value::Okay)) {
-            state.end_transaction();
+        match &result {
+            Ok(Value::Okay) => {}
+            // Only a transaction opened before this `MULTI` is lost: the caller knows
+            // that this one failed.
+            Err(error) if is_connection_lost(error) && was_open => state.lose_transaction(),
+            Err(error) if is_connection_lost(error) => state.end_transaction(),
+            Err(_) => {}
+            // An error reply to a nested `MULTI` leaves the earlier transaction open.
+            Ok(_) if was_open => {}
+            Ok(_) => state.end_transaction(),
         }
         result
     }
@@ -290,6 +317,15 @@ where
         } else {
             pipeline.cmd_iter().filter_map(transaction_command).last()
         };
+        let ends_transaction = !pipeline.is_transaction()
+            && pipeline
+                .cmd_iter()
+                .any(|cmd| transaction_command(cmd) == Some(TransactionCommand::End));
+        if let Some(error) = state.lost_transaction_error(ends_transaction) {
+            return Err(error);
+        }
+        // Set when the whole pipeline belongs to a transaction opened before it.
+        let inside_transaction = state.in_transaction() && last_transaction_command.is_none();
 
         let no_resend = state.in_transaction()
             || pipeline.is_transaction()
@@ -316,7 +352,7 @@ where
         let replies = match result {
             Ok(replies) => replies,
             Err(error) => {
-                self.after_error(&error);
+                self.after_error(&error, inside_transaction);
                 return Err(error);
             }
         };
@@ -333,10 +369,19 @@ where
             .await
     }
 
-    fn after_error(&self, error: &RedisError) {
-        if error.is_unrecoverable_error() || error.is_connection_dropped() {
-            // The transaction ended with the connection.
-            self.shared.state.end_transaction();
+    /// Ends the transaction state when `error` closed the connection, because the server
+    /// discarded the transaction with it. `inside_transaction` is set for a request sent
+    /// after `MULTI` and before `EXEC` or `DISCARD`: the caller's later commands belong
+    /// to that transaction, so it is marked lost.
+    fn after_error(&self, error: &RedisError, inside_transaction: bool) {
+        if !is_connection_lost(error) {
+            return;
+        }
+        let state = &self.shared.state;
+        if inside_transaction && state.in_transaction() {
+            state.lose_transaction();
+        } else {
+            state.end_transaction();
         }
     }
 }
@@ -382,6 +427,12 @@ fn transaction_command(cmd: &Cmd) -> Option<TransactionCommand> {
     } else {
         None
     }
+}
+
+/// Returns whether `error` closed the connection, so a `ConnectionManager` replaces it.
+/// A response timeout leaves the connection open.
+fn is_connection_lost(error: &RedisError) -> bool {
+    error.is_unrecoverable_error() || error.is_connection_dropped()
 }
 
 fn is_rejection_reply(reply: &Value) -> bool {

@@ -12,6 +12,7 @@ use redis::{
 
 use super::provider::EntraIdProvider;
 use crate::reply::{ErrorReply, classify_error_reply};
+use crate::transaction::{transaction_aborted, transaction_lost};
 use crate::{Credentials, Error};
 
 /// A Redis connection that authenticates with Entra ID credentials and re-authenticates
@@ -414,18 +415,9 @@ impl EntraConnection {
     fn lost_transaction<'a>(&mut self, mut names: impl Iterator<Item = &'a [u8]>) -> RedisError {
         if names.any(ends_transaction) {
             self.in_transaction = false;
-            return RedisError::from((
-                ErrorKind::Io,
-                "transaction aborted",
-                "the connection closed after MULTI, so none of the queued commands ran".to_owned(),
-            ));
+            return transaction_aborted();
         }
-        RedisError::from((
-            ErrorKind::Io,
-            "transaction lost",
-            "the connection closed after MULTI; send EXEC or DISCARD to end the transaction"
-                .to_owned(),
-        ))
+        transaction_lost()
     }
 }
 

@@ -22,6 +22,7 @@ use super::super::provider::EntraIdProvider;
 use super::super::stream::{first_credentials, to_basic_auth, to_redis_error};
 use super::{Shared, into_error, is_rejection_reply};
 use crate::Credentials;
+use crate::transaction::{transaction_aborted, transaction_lost};
 
 /// The delay before the first new attempt after an `AUTH` that failed for another reason
 /// than a rejected token. It doubles after each failure, up to [`MAX_RETRY_DELAY`].
@@ -40,6 +41,10 @@ pub(super) struct AuthState {
     /// `AUTH` is queued inside a transaction.
     pub(super) auth_lock: AsyncMutex<()>,
     pub(super) in_transaction: AtomicBool,
+    /// Set when the connection closed inside a transaction, until an `EXEC` or `DISCARD`.
+    /// Commands fail without being sent meanwhile, because Redis discarded the queued
+    /// commands and a new connection would run them on their own.
+    pub(super) transaction_lost: AtomicBool,
     /// Counts the commands that handle a `WRONGPASS`. The task sends no `AUTH` meanwhile,
     /// so the newer token goes out once, from the command that waited for it.
     pub(super) rejections_handled: AtomicU64,
@@ -58,6 +63,7 @@ impl AuthState {
             expires_on_millis: AtomicU64::new(0),
             auth_lock: AsyncMutex::new(()),
             in_transaction: AtomicBool::new(false),
+            transaction_lost: AtomicBool::new(false),
             rejections_handled: AtomicU64::new(0),
             reauthentications: AtomicU64::new(0),
             closed: AtomicBool::new(false),
@@ -106,6 +112,30 @@ impl AuthState {
             // A renewal that arrived during the transaction can be sent now.
             self.wake_task();
         }
+    }
+
+    /// Marks the open transaction lost with its connection and ends it, so the
+    /// re-authentication task may send `AUTH` on the next connection.
+    pub(super) fn lose_transaction(&self) {
+        self.transaction_lost.store(true, Ordering::Release);
+        self.end_transaction();
+    }
+
+    pub(super) fn transaction_lost(&self) -> bool {
+        self.transaction_lost.load(Ordering::Acquire)
+    }
+
+    /// Returns the error for a request sent while the transaction is lost, or `None`
+    /// when it is not. A request that ends the transaction (`EXEC` or `DISCARD`) clears
+    /// the mark.
+    pub(super) fn lost_transaction_error(&self, ends_transaction: bool) -> Option<RedisError> {
+        if !self.transaction_lost() {
+            return None;
+        }
+        if ends_transaction && self.transaction_lost.swap(false, Ordering::AcqRel) {
+            return Some(transaction_aborted());
+        }
+        Some(transaction_lost())
     }
 
     pub(super) fn wake_task(&self) {
