@@ -67,5 +67,5 @@ pub mod async_std;
 mod io;
 
 #[cfg(any(feature = "blocking", feature = "smol", feature = "async-std"))]
-#[path = "../runtimes/transaction.rs"]
-mod transaction;
+#[path = "../runtimes/replies.rs"]
+mod replies;

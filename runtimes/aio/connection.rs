@@ -10,13 +10,12 @@ use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
 };
 use redis::{
-    Arg, AsyncConnectionConfig, Client, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture,
-    RedisResult, Value,
+    Arg, AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value,
 };
 
 use super::Runtime;
 use super::provider::EntraIdProvider;
-use crate::reply::{ErrorReply, classify_error_reply};
+use crate::replies::{TransactionCommand, is_rejection_reply};
 
 mod auth;
 
@@ -409,23 +408,11 @@ where
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TransactionCommand {
-    Multi,
-    /// `EXEC` or `DISCARD`.
-    End,
-}
-
+/// Reads whether `cmd` opens or ends a transaction.
 fn transaction_command(cmd: &Cmd) -> Option<TransactionCommand> {
-    let Some(Arg::Simple(name)) = cmd.args_iter().next() else {
-        return None;
-    };
-    if name.eq_ignore_ascii_case(b"MULTI") {
-        Some(TransactionCommand::Multi)
-    } else if name.eq_ignore_ascii_case(b"EXEC") || name.eq_ignore_ascii_case(b"DISCARD") {
-        Some(TransactionCommand::End)
-    } else {
-        None
+    match cmd.args_iter().next() {
+        Some(Arg::Simple(name)) => TransactionCommand::from_name(name),
+        _ => None,
     }
 }
 
@@ -433,27 +420,6 @@ fn transaction_command(cmd: &Cmd) -> Option<TransactionCommand> {
 /// A response timeout leaves the connection open.
 fn is_connection_lost(error: &RedisError) -> bool {
     error.is_unrecoverable_error() || error.is_connection_dropped()
-}
-
-fn is_rejection_reply(reply: &Value) -> bool {
-    match reply {
-        Value::ServerError(error) => {
-            classify_error_reply(error.code(), error.details().unwrap_or(""))
-                == ErrorReply::CredentialsRejected
-        }
-        _ => false,
-    }
-}
-
-fn into_error(reply: Value) -> RedisError {
-    match reply.extract_error() {
-        Err(error) => error,
-        Ok(other) => RedisError::from((
-            ErrorKind::UnexpectedReturnType,
-            "unexpected reply to AUTH",
-            format!("{other:?}"),
-        )),
-    }
 }
 
 #[cfg(test)]

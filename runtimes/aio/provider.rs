@@ -309,12 +309,22 @@ impl<R: Runtime> EntraIdProvider<R> {
         &self,
         timeout: Duration,
     ) -> Result<Credentials, Error> {
+        let (_, credentials) = self.credentials_with_generation(timeout).await?;
+        Ok(credentials)
+    }
+
+    /// Like [`get_credentials_timeout_async`](Self::get_credentials_timeout_async), and
+    /// returns the generation that matches the credentials.
+    pub(super) async fn credentials_with_generation(
+        &self,
+        timeout: Duration,
+    ) -> Result<(u64, Credentials), Error> {
         let started = Instant::now();
         let shared = self.shared();
         let found = shared
-            .wait_until::<R, _>(&mut None, Some(timeout), |inner, _| {
+            .wait_until::<R, _>(&mut None, Some(timeout), |inner, generation| {
                 match inner.manager.credentials(SystemTime::now()) {
-                    Ok(credentials) => Some(Ok(credentials.clone())),
+                    Ok(credentials) => Some(Ok((generation, credentials.clone()))),
                     // No token comes after shutdown, so a missing or expired one is final.
                     Err(_) if inner.shutdown => Some(Err(Error::ShutDown)),
                     Err(Error::NotAcquired { .. }) => None,
@@ -327,7 +337,8 @@ impl<R: Runtime> EntraIdProvider<R> {
             if timeout.is_zero() {
                 // The caller requested no wait, so report why there are no credentials
                 // (not acquired yet) rather than a timed-out wait.
-                return inner.manager.credentials(SystemTime::now()).cloned();
+                let credentials = inner.manager.credentials(SystemTime::now()).cloned()?;
+                return Ok((shared.generation(), credentials));
             }
             Err(Error::Timeout {
                 waited: started.elapsed(),

@@ -25,8 +25,9 @@ use self::queue::Queue;
 use super::Runtime;
 use super::provider::EntraIdProvider;
 use super::stream::to_redis_error;
-use crate::reply::{ErrorReply, classify_error_reply};
-use crate::{Credentials, Error, State};
+use crate::Credentials;
+use crate::replies::{classify_error, is_rejection};
+use crate::reply::ErrorReply;
 
 /// How long the subscriber waits for the reply to `AUTH` or to a subscription command
 /// before it gives the connection up.
@@ -415,7 +416,7 @@ impl<R: Runtime> Task<R> {
 
     /// Moves the connection to the provider's newer credentials.
     async fn follow_renewal(&mut self) {
-        let Ok((generation, credentials)) = current_credentials(&self.provider, None).await else {
+        let (generation, Ok(credentials)) = self.provider.snapshot() else {
             self.schedule_retry();
             return;
         };
@@ -459,7 +460,7 @@ impl<R: Runtime> Task<R> {
             }
             Err(error) => error,
         };
-        match classify(&error) {
+        match classify_error(&error) {
             ErrorReply::AuthNotAllowedHere => {
                 debug!("AUTH is not allowed on the subscribed connection; moving to a new one");
                 InBand::Move
@@ -586,16 +587,18 @@ impl<R: Runtime> Task<R> {
     /// retries once with newer ones.
     async fn connect(&mut self) -> RedisResult<Link> {
         let timeout = self.provider.first_token_timeout();
-        let (generation, credentials) = current_credentials(&self.provider, Some(timeout))
+        let (generation, credentials) = self
+            .provider
+            .credentials_with_generation(timeout)
             .await
             .map_err(to_redis_error)?;
         let opened = Link::open::<R>(&self.info, &credentials, generation, REPLY_TIMEOUT).await;
         let opened = match opened {
-            Err(error) if classify(&error) == ErrorReply::CredentialsRejected => {
+            Err(error) if is_rejection(&error) => {
                 self.counters
                     .authentications
                     .fetch_add(1, Ordering::Relaxed);
-                let newer = credentials_after_rejection(&self.provider, generation).await;
+                let newer = self.provider.credentials_after_rejection(generation).await;
                 let Some((generation, credentials)) = newer else {
                     return Err(error);
                 };
@@ -626,79 +629,8 @@ async fn yield_now() {
     .await
 }
 
-/// Classifies a failed `AUTH` or handshake by what it means for the credentials.
-fn classify(error: &RedisError) -> ErrorReply {
-    if error.kind() == ErrorKind::AuthenticationFailed {
-        return ErrorReply::CredentialsRejected;
-    }
-    match error.code() {
-        Some(code) => classify_error_reply(code, error.detail().unwrap_or("")),
-        None => ErrorReply::Other,
-    }
-}
-
 /// Returns true for errors after which the connection cannot be trusted: I/O errors,
 /// timeouts and a dropped connection.
 fn is_connection_error(error: &RedisError) -> bool {
     error.is_io_error() || error.is_timeout() || error.is_connection_dropped()
-}
-
-/// Returns the current credentials and their generation. With a timeout it waits that
-/// long for the first token; without one it never waits.
-async fn current_credentials<R: Runtime>(
-    provider: &EntraIdProvider<R>,
-    timeout: Option<Duration>,
-) -> Result<(u64, Credentials), Error> {
-    let started = Instant::now();
-    let shared = provider.shared();
-    let wait = timeout.unwrap_or(Duration::ZERO);
-    let found = shared
-        .wait_until::<R, _>(&mut None, Some(wait), |inner, generation| {
-            match inner.manager.credentials(SystemTime::now()) {
-                Ok(credentials) => Some(Ok((generation, credentials.clone()))),
-                Err(_) if inner.shutdown => Some(Err(Error::ShutDown)),
-                Err(Error::NotAcquired { .. }) => None,
-                Err(error) => Some(Err(error)),
-            }
-        })
-        .await;
-    found.unwrap_or_else(|| {
-        let inner = shared.lock();
-        if wait.is_zero() {
-            return inner
-                .manager
-                .credentials(SystemTime::now())
-                .cloned()
-                .map(|credentials| (shared.generation(), credentials));
-        }
-        Err(Error::Timeout {
-            waited: started.elapsed(),
-            last_error: inner.manager.last_error().cloned().map(Box::new),
-        })
-    })
-}
-
-/// Returns credentials newer than generation `rejected`, forcing one refresh if none
-/// has arrived yet; `None` when the refresh fails or the first-token timeout passes.
-async fn credentials_after_rejection<R: Runtime>(
-    provider: &EntraIdProvider<R>,
-    rejected: u64,
-) -> Option<(u64, Credentials)> {
-    if provider.generation() == rejected {
-        provider.force_refresh();
-    }
-    let timeout = provider.first_token_timeout();
-    let newer = provider
-        .shared()
-        .wait_until::<R, _>(&mut None, Some(timeout), |inner, generation| {
-            let now = SystemTime::now();
-            if generation != rejected {
-                let credentials = inner.manager.credentials(now).ok().cloned();
-                return Some(credentials.map(|credentials| (generation, credentials)));
-            }
-            let failed = matches!(inner.manager.state(now), State::Failed);
-            (inner.shutdown || failed).then_some(None)
-        })
-        .await;
-    newer.flatten()
 }

@@ -11,8 +11,10 @@ use redis::{
 };
 
 use super::provider::EntraIdProvider;
-use crate::reply::{ErrorReply, classify_error_reply};
-use crate::transaction::{transaction_aborted, transaction_lost};
+use crate::replies::{
+    TransactionCommand, auth_reply_error, is_rejection, is_rejection_reply, transaction_aborted,
+    transaction_lost,
+};
 use crate::{Credentials, Error};
 
 /// A Redis connection that authenticates with Entra ID credentials and re-authenticates
@@ -300,9 +302,9 @@ impl EntraConnection {
             }
             reply if is_rejection_reply(&reply) => {
                 debug!("Redis rejected the token of generation {generation}");
-                AuthOutcome::Rejected(into_error(reply))
+                AuthOutcome::Rejected(auth_reply_error(reply))
             }
-            reply => AuthOutcome::Failed(into_error(reply)),
+            reply => AuthOutcome::Failed(auth_reply_error(reply)),
         }
     }
 
@@ -338,7 +340,7 @@ impl EntraConnection {
             }
             Attempt::Sent(Ok(reply)) if !self.in_transaction && is_rejection_reply(&reply) => {
                 let rejected = self.generation;
-                let error = into_error(reply.clone());
+                let error = auth_reply_error(reply.clone());
                 if self.authenticate_after_rejection(rejected, error).is_err() {
                     return Ok(reply);
                 }
@@ -372,7 +374,7 @@ impl EntraConnection {
         if !all_rejected || self.in_transaction {
             return Ok(replies);
         }
-        let error = into_error(replies[0].clone());
+        let error = auth_reply_error(replies[0].clone());
         if self
             .authenticate_after_rejection(self.generation, error)
             .is_err()
@@ -386,10 +388,10 @@ impl EntraConnection {
     }
 
     fn track_transaction(&mut self, name: &[u8]) {
-        if name.eq_ignore_ascii_case(b"MULTI") {
-            self.in_transaction = true;
-        } else if ends_transaction(name) {
-            self.in_transaction = false;
+        match TransactionCommand::from_name(name) {
+            Some(TransactionCommand::Multi) => self.in_transaction = true,
+            Some(TransactionCommand::End) => self.in_transaction = false,
+            None => {}
         }
     }
 
@@ -413,7 +415,7 @@ impl EntraConnection {
     /// pipeline) ends the lost transaction with an error, and anything else fails until
     /// then.
     fn lost_transaction<'a>(&mut self, mut names: impl Iterator<Item = &'a [u8]>) -> RedisError {
-        if names.any(ends_transaction) {
+        if names.any(|name| TransactionCommand::from_name(name) == Some(TransactionCommand::End)) {
             self.in_transaction = false;
             return transaction_aborted();
         }
@@ -436,42 +438,6 @@ fn open_redis(
     match connect_timeout {
         Some(timeout) => client.get_connection_with_timeout(timeout),
         None => client.get_connection(),
-    }
-}
-
-/// Returns true when a connection attempt failed because the server rejected the
-/// credentials. The `redis` crate reports a rejected handshake `AUTH` or `HELLO` as
-/// [`ErrorKind::AuthenticationFailed`], without the server's text.
-pub(crate) fn is_rejection(error: &RedisError) -> bool {
-    error.kind() == ErrorKind::AuthenticationFailed
-        || error.code().is_some_and(|code| {
-            classify_error_reply(code, error.detail().unwrap_or(""))
-                == ErrorReply::CredentialsRejected
-        })
-}
-
-/// Classifies a server error reply; anything else is [`ErrorReply::Other`].
-pub(crate) fn classify_reply(reply: &Value) -> ErrorReply {
-    match reply {
-        Value::ServerError(error) => {
-            classify_error_reply(error.code(), error.details().unwrap_or(""))
-        }
-        _ => ErrorReply::Other,
-    }
-}
-
-fn is_rejection_reply(reply: &Value) -> bool {
-    classify_reply(reply) == ErrorReply::CredentialsRejected
-}
-
-fn into_error(reply: Value) -> RedisError {
-    match reply.extract_error() {
-        Err(error) => error,
-        Ok(other) => RedisError::from((
-            ErrorKind::UnexpectedReturnType,
-            "unexpected reply to AUTH",
-            format!("{other:?}"),
-        )),
     }
 }
 
@@ -528,11 +494,6 @@ fn split_length(packed: &[u8]) -> Option<(usize, &[u8])> {
         .ok()?;
     let rest = packed[line_end..].strip_prefix(b"\r\n")?;
     Some((len, rest))
-}
-
-/// Returns true for `EXEC` and `DISCARD`, which end a transaction.
-fn ends_transaction(name: &[u8]) -> bool {
-    name.eq_ignore_ascii_case(b"EXEC") || name.eq_ignore_ascii_case(b"DISCARD")
 }
 
 /// Rewrites a timed-out wait for a reply as an error that names the configured wait.

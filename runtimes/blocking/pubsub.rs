@@ -9,9 +9,10 @@ use redis::{
     Value,
 };
 
-use super::connection::{classify_reply, closed_error, is_rejection, to_redis_error};
+use super::connection::{closed_error, to_redis_error};
 use super::provider::EntraIdProvider;
 use crate::Credentials;
+use crate::replies::{classify_reply, is_rejection};
 use crate::reply::ErrorReply;
 
 /// How often a waiting subscriber checks for new credentials by default.

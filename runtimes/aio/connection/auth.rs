@@ -20,9 +20,9 @@ use redis::{BasicAuth, RedisError, RedisResult, StreamingCredentialsProvider, Va
 use super::super::Runtime;
 use super::super::provider::EntraIdProvider;
 use super::super::stream::{first_credentials, to_basic_auth, to_redis_error};
-use super::{Shared, into_error, is_rejection_reply};
+use super::Shared;
 use crate::Credentials;
-use crate::transaction::{transaction_aborted, transaction_lost};
+use crate::replies::{auth_reply_error, is_rejection_reply, transaction_aborted, transaction_lost};
 
 /// The delay before the first new attempt after an `AUTH` that failed for another reason
 /// than a rejected token. It doubles after each failure, up to [`MAX_RETRY_DELAY`].
@@ -339,8 +339,10 @@ where
                 self.state.begin_transaction();
                 AuthOutcome::Queued
             }
-            Ok(reply) if is_rejection_reply(&reply) => AuthOutcome::Rejected(into_error(reply)),
-            Ok(reply) => AuthOutcome::Failed(into_error(reply)),
+            Ok(reply) if is_rejection_reply(&reply) => {
+                AuthOutcome::Rejected(auth_reply_error(reply))
+            }
+            Ok(reply) => AuthOutcome::Failed(auth_reply_error(reply)),
             Err(error) => AuthOutcome::Failed(error),
         }
     }
