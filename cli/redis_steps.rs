@@ -123,7 +123,7 @@ pub fn open(
         let info = address.into_connection_info().and_then(|info| {
             let mut connection =
                 EntraConnection::open_with_timeout(info, provider, Some(target.connect_timeout))?;
-            // A server that stops answering fails the command instead of blocking it.
+            // A server that stops replying fails the command instead of blocking it.
             let reply_timeout = target.connect_timeout.max(Duration::from_millis(1));
             connection.set_response_timeout(Some(reply_timeout))?;
             Ok(connection)

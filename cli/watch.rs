@@ -178,7 +178,7 @@ impl Watch {
         let was_open = self.connection.is_open();
         let authentications = self.connection.authentications();
         let started = Instant::now();
-        // A server that stops answering fails PING after --connect-timeout; the next PING
+        // A server that stops replying fails PING after --connect-timeout. The next PING
         // opens a new connection.
         let result = redis::cmd("PING").query::<Value>(&mut self.connection);
         let elapsed = started.elapsed();

@@ -615,9 +615,9 @@ async fn blocking_command_loop_keeps_working<R: TestRuntime, C: Inner>() {
     assert!(blocked.reauthentications() >= 2, "{}", C::NAME);
 }
 
-/// A command that blocks past the token's expiry: the renewal's `AUTH` waits behind it
-/// on the same connection, and the server runs it when the command returns. The proxy,
-/// like a server that has received the `AUTH`, keeps the connection open meanwhile.
+/// Checks a command that blocks past the token's expiry. The renewal's `AUTH` waits
+/// behind it on the same connection, and the server runs it when the command returns.
+/// The proxy, like a server that has received the `AUTH`, keeps the connection open.
 async fn command_blocked_past_expiry_then_next_works<R: TestRuntime, C: Inner>() {
     let azure = Azure::<R>::start(4, 2).await;
     let mut connection = connect::<R, C>(&azure.proxy, &azure.provider).await;
@@ -758,8 +758,8 @@ async fn manager_transaction_lost_on_reconnect<R: TestRuntime>() {
     assert_eq!(azure.proxy.connections(), 2);
 }
 
-/// A pipeline inside a lost transaction fails without being sent, and one that contains
-/// `DISCARD` ends the transaction.
+/// Checks that a pipeline inside a lost transaction fails without being sent, and that
+/// one containing `DISCARD` ends the transaction.
 async fn manager_pipeline_in_lost_transaction<R: TestRuntime>() {
     let azure = Azure::<R>::start(30, 3).await;
     let mut connection = connect::<R, ConnectionManager>(&azure.proxy, &azure.provider).await;
@@ -834,7 +834,7 @@ async fn auth_count_equals_distinct_tokens<R: TestRuntime, C: Inner>() {
     let mut connection = connect::<R, C>(&azure.proxy, &azure.provider).await;
     let _: () = connection.set("k", 0).await.unwrap();
 
-    // The endpoint answers the next refreshes with the same token: no AUTH follows.
+    // The endpoint returns the same token for the next refreshes, so no AUTH follows.
     let requests = azure.endpoint.requests();
     azure.endpoint.repeat_last_token(true);
     wait_until::<R>(Duration::from_secs(4), "a repeated token", || {

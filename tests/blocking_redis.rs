@@ -203,7 +203,7 @@ fn reply_timeout_replaces_connection() {
     connection
         .set_response_timeout(Some(Duration::from_millis(300)))
         .unwrap();
-    // The server answers BLPOP with nil after 2 s, long after the timeout.
+    // The server replies to BLPOP with nil after 2 s, long after the timeout.
     let error = redis::cmd("BLPOP")
         .arg("empty-list")
         .arg(2)

@@ -574,7 +574,7 @@ fn watch_recovers_from_silent_server() {
     });
     assert!(first_ok, "{}", lines.lock().unwrap().join("\n"));
 
-    // The server holds every client command for 2 s and then answers again.
+    // The server pauses every client command for 2 s and then replies again.
     redis::cmd("CLIENT")
         .arg("PAUSE")
         .arg(2000)

@@ -2,10 +2,10 @@
 //! tokens a few seconds long and an identity endpoint that fails every third request.
 //!
 //! The blocking connection types run on threads. With the `smol` and `async-std` features,
-//! each runtime also runs, with a provider of its own on the same endpoint and proxy:
-//! `MultiplexedConnection`s and `ConnectionManager`s of the `redis` crate configured with
-//! the provider, the same two wrapped in this crate's async `EntraConnection`, and a RESP2
-//! and a RESP3 `EntraPubSub` that must receive every message published to them.
+//! each runtime also runs its own provider on the same endpoint and proxy. It drives the
+//! `redis` crate's `MultiplexedConnection` and `ConnectionManager` configured with the
+//! provider, the same two wrapped in this crate's async `EntraConnection`, and a RESP2 and
+//! a RESP3 `EntraPubSub` that must receive every message published to them.
 //!
 //! Run it with `SOAK_SECS=120 cargo test --release --all-features --test soak --
 //! --ignored` (the default length is 30 s). It prints `commands: N, failed: F, renewals: R`

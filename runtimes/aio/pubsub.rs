@@ -71,10 +71,10 @@ const MESSAGES_PER_TURN: usize = 64;
 ///   (`WRONGPASS`), the task forces one refresh and sends `AUTH` again only with a newer
 ///   token.
 /// - **RESP2**: Redis rejects `AUTH` in subscribe mode, and the `redis` crate's RESP2
-///   pub/sub connection cannot send it, so the task opens a new connection with the new
-///   token, subscribes it to the same channels and patterns, and only then unsubscribes
-///   and closes the old one. With the default refresh policy that happens at least
-///   3 minutes before the old token expires.
+///   pub/sub connection cannot send it. The task therefore opens a new connection with
+///   the new token and subscribes it to the same channels and patterns. Only then does it
+///   unsubscribe and close the old one. With the default refresh policy that happens at
+///   least 3 minutes before the old token expires.
 ///
 /// A message published while both connections are subscribed arrives twice, once from
 /// each. Otherwise the move loses and repeats nothing: messages from the old connection

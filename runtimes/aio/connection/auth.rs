@@ -348,7 +348,7 @@ where
     }
 }
 
-/// How the re-authentication task waits for an open transaction to end.
+/// The re-authentication task's wait for an open transaction to end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Deferral {
     /// No `AUTH` is waiting for a transaction.
@@ -362,7 +362,8 @@ pub(super) enum Deferral {
 /// Sends `AUTH` after each renewal until the last clone of the connection is dropped or
 /// the provider shuts down.
 ///
-/// The task holds the connection only while it sends, so dropping the last clone ends it.
+/// The task upgrades its weak reference to the connection only to send, so dropping the
+/// last clone ends it.
 pub(super) async fn reauthenticate_on_renewal<R, C>(
     shared: Weak<Shared<R, C>>,
     state: Arc<AuthState>,
@@ -461,7 +462,7 @@ pub(super) async fn reauthenticate_on_renewal<R, C>(
 ///   yields the current credentials once and the second yields nothing. The connection
 ///   sends one `AUTH` per token.
 /// - A `ConnectionManager` opens a connection again after a failure, and a handshake
-///   that fails subscribes once, not twice, so the two kinds cannot be told apart by
+///   that fails subscribes once, not twice, so the two kinds cannot be distinguished by
 ///   their order. Each subscription yields the current credentials once, and the
 ///   crate's task repeats the handshake's token in one `AUTH` per connection.
 pub(super) struct HandshakeCredentials<R> {
@@ -503,7 +504,7 @@ impl<R: Runtime> StreamingCredentialsProvider for HandshakeCredentials<R> {
             // the newer generation stays recorded although the connection uses the
             // handshake's token. No `AUTH` follows until the next renewal, and a
             // `WRONGPASS` meanwhile forces a refresh and an `AUTH`. The two
-            // subscriptions cannot be told apart here (see the type's comment).
+            // subscriptions cannot be distinguished here (see the type's comment).
             state.record(generation, credentials.expires_on());
             Ok(to_basic_auth(&credentials))
         };
